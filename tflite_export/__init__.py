@@ -1,0 +1,1 @@
+"""Keras -> TFLite export, validation and benchmarks for pruned models."""

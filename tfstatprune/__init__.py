@@ -1,0 +1,62 @@
+"""tfstatprune: statistical (Wald) pruning for tf_keras models, on top of tfmot.
+
+Typical use::
+
+    import tfstatprune as tsp
+    schedule = tsp.IterativeSparsity([0.5, 0.8, 0.9], every=500)
+    pruned = tsp.prune_statistically(model, stats_data, "wald", schedule)
+    pruned.compile(...)
+    pruned.fit(x, y, callbacks=tsp.callbacks(stats_data))
+    final = tsp.strip_pruning(pruned)
+
+Keras: tfstatprune uses tf_keras (Keras 2), as tensorflow-model-optimization
+does; see :mod:`tfstatprune._keras`.
+"""
+
+from tfstatprune import criteria, masking, schedules, stats
+from tfstatprune.criteria import (
+    available_criteria,
+    get_criterion,
+    register_criterion,
+    wald_pvalues,
+)
+from tfstatprune.keras import (
+    PruneStatistically,
+    StatisticalPruning,
+    callbacks,
+    copy_model,
+    prune_once,
+    prune_scope,
+    prune_statistically,
+    scores,
+    strip_pruning,
+)
+from tfstatprune.masking import compute_masks
+from tfstatprune.schedules import IterativeSparsity, OneShotSparsity
+from tfstatprune.stats import collect_statistics
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "IterativeSparsity",
+    "OneShotSparsity",
+    "PruneStatistically",
+    "StatisticalPruning",
+    "available_criteria",
+    "callbacks",
+    "collect_statistics",
+    "compute_masks",
+    "copy_model",
+    "criteria",
+    "get_criterion",
+    "masking",
+    "prune_once",
+    "prune_scope",
+    "prune_statistically",
+    "register_criterion",
+    "schedules",
+    "scores",
+    "stats",
+    "strip_pruning",
+    "wald_pvalues",
+]

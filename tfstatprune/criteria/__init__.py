@@ -1,0 +1,24 @@
+"""Pruning criteria: pure functions ``(theta, stats, **options) -> scores`` (higher = keep)."""
+
+from tfstatprune.criteria import classic as _classic  # noqa: F401  (registers criteria)
+from tfstatprune.criteria.classic import magnitude, obd, random
+from tfstatprune.criteria.registry import (
+    Criterion,
+    available_criteria,
+    get_criterion,
+    register_criterion,
+)
+from tfstatprune.criteria.wald import curvature_diagonal, wald, wald_pvalues
+
+__all__ = [
+    "Criterion",
+    "available_criteria",
+    "curvature_diagonal",
+    "get_criterion",
+    "magnitude",
+    "obd",
+    "random",
+    "register_criterion",
+    "wald",
+    "wald_pvalues",
+]

@@ -1,0 +1,131 @@
+"""The named registry of pruning criteria.
+
+A criterion is a pure function ``fn(theta, stats, **options) -> scores``:
+``theta`` a weight tensor (numpy), ``stats`` its
+:class:`~tfstatprune.stats.WeightStatistics` (``None`` for criteria that need
+none), ``scores`` an array of ``theta``'s shape, higher = keep. A criterion
+never knows how many weights will be pruned; :mod:`tfstatprune.masking` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from tfstatprune.stats.moments import WeightStatistics
+
+__all__ = [
+    "Criterion",
+    "CriterionFn",
+    "available_criteria",
+    "get_criterion",
+    "register_criterion",
+    "HESSIAN_OPTION",
+]
+
+CriterionFn = Callable[..., np.ndarray]
+HESSIAN_OPTION = "hessian"
+
+
+def _needs_nothing(options: Mapping[str, Any]) -> str | None:
+    return None
+
+
+def hessian_from_options(options: Mapping[str, Any]) -> str | None:
+    """The statistics a curvature-based criterion needs: its ``hessian`` option."""
+    return options.get(HESSIAN_OPTION, "fisher")
+
+
+class Criterion(NamedTuple):
+    """A registered criterion.
+
+    Attributes:
+      name: registry name.
+      fn: ``fn(theta, stats, **options) -> scores``.
+      statistics: ``statistics(options) -> None | "fisher" | "ggn"``: which
+        statistics the criterion needs for these options (None: none at all).
+    """
+
+    name: str
+    fn: CriterionFn
+    statistics: Callable[[Mapping[str, Any]], str | None]
+
+    def __call__(
+        self, theta: np.ndarray, stats: WeightStatistics | None = None, **options: Any
+    ) -> np.ndarray:
+        scores = np.asarray(self.fn(theta, stats, **options), dtype=np.float64)
+        if scores.shape != np.shape(theta):
+            raise ValueError(
+                f"criterion {self.name!r} returned scores of shape {scores.shape} for a "
+                f"weight of shape {np.shape(theta)}"
+            )
+        return scores
+
+
+_CRITERIA: dict[str, Criterion] = {}
+
+
+def register_criterion(
+    name: str,
+    *,
+    statistics: Callable[[Mapping[str, Any]], str | None] | str | None = "fisher",
+    overwrite: bool = False,
+) -> Callable[[CriterionFn], CriterionFn]:
+    """Decorator registering ``fn`` under ``name``.
+
+    Args:
+      name: the name users pass as ``criterion=``.
+      statistics: None (needs no statistics), ``"fisher"``/``"ggn"`` (always
+        needs those), or a function of the options returning one of those.
+      overwrite: replace an existing entry instead of raising.
+    """
+    if statistics is None:
+        needs = _needs_nothing
+    elif isinstance(statistics, str):
+
+        def needs(options: Mapping[str, Any], _fixed: str = statistics) -> str | None:
+            return _fixed
+
+    else:
+        needs = statistics
+
+    def decorate(fn: CriterionFn) -> CriterionFn:
+        if name in _CRITERIA and not overwrite:
+            raise ValueError(f"criterion {name!r} is already registered; pass overwrite=True")
+        _CRITERIA[name] = Criterion(name, fn, needs)
+        return fn
+
+    return decorate
+
+
+def available_criteria() -> list[str]:
+    """Names of the registered criteria, sorted."""
+    return sorted(_CRITERIA)
+
+
+def get_criterion(criterion: str | Criterion | CriterionFn) -> Criterion:
+    """Look up a criterion by name; wrap a user callable (it gets Fisher statistics).
+
+    A user callable that needs no statistics can say so with an attribute
+    ``fn.statistics = None``.
+
+    Raises:
+      ValueError: for an unknown name (the message lists the known ones).
+    """
+    if isinstance(criterion, Criterion):
+        return criterion
+    if isinstance(criterion, str):
+        try:
+            return _CRITERIA[criterion]
+        except KeyError:
+            raise ValueError(
+                f"unknown criterion {criterion!r}; available: {', '.join(available_criteria())}"
+                ", or pass a function (theta, stats, **options) -> scores"
+            ) from None
+    if callable(criterion):
+        statistics = getattr(criterion, "statistics", "fisher")
+        needs = _needs_nothing if statistics is None else (lambda options: statistics)
+        return Criterion(getattr(criterion, "__name__", "custom"), criterion, needs)
+    raise TypeError(f"criterion must be a name or a callable, got {criterion!r}")

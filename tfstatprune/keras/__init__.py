@@ -1,0 +1,24 @@
+"""The Keras glue: wrapper, callbacks and entry points."""
+
+from tfstatprune.keras.api import (
+    copy_model,
+    prune_once,
+    prune_scope,
+    prune_statistically,
+    scores,
+    strip_pruning,
+)
+from tfstatprune.keras.callbacks import StatisticalPruning, callbacks
+from tfstatprune.keras.wrapper import PruneStatistically
+
+__all__ = [
+    "PruneStatistically",
+    "StatisticalPruning",
+    "callbacks",
+    "copy_model",
+    "prune_once",
+    "prune_scope",
+    "prune_statistically",
+    "scores",
+    "strip_pruning",
+]

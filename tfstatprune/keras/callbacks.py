@@ -1,0 +1,205 @@
+"""The callback that makes masks follow the schedule inside ``model.fit``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from tensorflow_model_optimization.python.core.sparsity.keras import (
+    pruning_callbacks,
+    pruning_wrapper,
+)
+
+from tfstatprune._keras import keras
+from tfstatprune.keras.scoring import score_weights
+from tfstatprune.keras.wrapper import PruneStatistically
+from tfstatprune.masking import compute_masks
+from tfstatprune.schedules import schedule_decision
+
+__all__ = ["StatisticalPruning", "callbacks"]
+
+
+class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
+    """tfmot's ``UpdatePruningStep`` that also rescores and remasks at pruning steps.
+
+    At every step where a wrapper's schedule prunes (evaluated exactly as the
+    wrapper evaluates it in the graph: step 0 before the first batch, then
+    1, 2, ... for the training batches), the callback collects statistics on
+    ``stats_data`` with ``training=False`` (the step counter does not move),
+    scores the prunable weights with each wrapper's criterion, turns the scores
+    into masks (:func:`tfstatprune.masking.compute_masks`: exact counts,
+    layer or global scope, what is pruned stays pruned, ties broken by
+    ``|theta|``), writes them into the wrappers and applies them.
+
+    Args:
+      stats_data: ``(x, y)`` arrays or a ``tf.data.Dataset`` of ``(x, y)``
+        batches for the statistics (only needed by criteria that use them).
+      loss: per-example loss (default: the compiled loss).
+      max_examples: use at most this many examples per pruning step.
+      batch_size: examples per statistics chunk (default: from a memory budget).
+      seed: seed for sampled labels and for the ``random`` criterion.
+      verbose: 1 prints one line per pruning step, 2 adds the statistics
+        progress bar, 0 is silent.
+
+    Example:
+      >>> cb = StatisticalPruning(stats_data=None, verbose=0)
+      >>> isinstance(cb, keras.callbacks.Callback)
+      True
+    """
+
+    def __init__(
+        self,
+        stats_data: Any = None,
+        *,
+        loss: Any = None,
+        max_examples: int | None = None,
+        batch_size: int | None = None,
+        seed: int = 0,
+        verbose: int = 1,
+    ) -> None:
+        super().__init__()
+        self.stats_data = stats_data
+        self.loss = loss
+        self.max_examples = max_examples
+        self.batch_size = batch_size
+        self.seed = seed
+        self.verbose = verbose
+        self.history: list[dict[str, Any]] = []
+        self._wrappers: list[PruneStatistically] = []
+        self._step = 0
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        super().on_train_begin(logs)
+        self._wrappers = [
+            layer
+            for layer in pruning_wrapper.collect_prunable_layers(self.model)
+            if isinstance(layer, PruneStatistically)
+        ]
+        if not self._wrappers:
+            raise ValueError(
+                "the model has no tfstatprune pruning wrappers: wrap it with "
+                "tfstatprune.prune_statistically(model, ...) before fit"
+            )
+        self._step = int(self._wrappers[0].pruning_step.numpy())
+        self._update(self._step)
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        # The wrapper increments its step counter at the start of the training
+        # call and evaluates the schedule at the new value.
+        self._update(self._step + 1)
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self._step += 1
+
+    def _update(self, step: int) -> None:
+        due = []
+        for wrapper in self._wrappers:
+            if int(wrapper.mask_step.numpy()) == step:
+                continue
+            decision = schedule_decision(wrapper.pruning_schedule, step)
+            if decision.should_prune:
+                due.append((wrapper, decision.sparsity))
+        if due:
+            self.update_masks(due, step)
+
+    def update_masks(self, due: Sequence[tuple[PruneStatistically, float]], step: int) -> None:
+        """Score and remask ``due`` (wrapper, target sparsity) pairs at ``step``."""
+        started = time.perf_counter()
+        for wrapper in self._wrappers:
+            wrapper.apply_masks()
+        groups = _group_by_criterion(due)
+        examples = 0
+        for (_, _, scope), members in groups.items():
+            wrappers = [w for w, _ in members]
+            weights = [v for w in wrappers for v, _, _ in w.pruning_vars]
+            first = wrappers[0]
+            result = score_weights(
+                self.model,
+                weights,
+                self.stats_data,
+                first.criterion,
+                first.criterion_options,
+                loss=self.loss,
+                max_examples=self.max_examples,
+                batch_size=self.batch_size,
+                seed=self.seed,
+                step=step,
+                verbose=int(self.verbose > 1),
+            )
+            if result.statistics is not None:
+                examples = result.statistics.count
+            previous = {k: v for w in wrappers for k, v in w.current_masks().items()}
+            tiebreak = {v.name: np.abs(v.numpy()) for v in weights}
+            if scope == "global":
+                sparsities = {s for _, s in members}
+                if len(sparsities) != 1:
+                    raise ValueError(
+                        "globally scoped layers must share one schedule; got sparsities "
+                        f"{sorted(sparsities)} at step {step}"
+                    )
+                sparsity: Any = sparsities.pop()
+            else:
+                sparsity = {v.name: s for w, s in members for v, _, _ in w.pruning_vars}
+            masks = compute_masks(
+                result.scores, sparsity, scope=scope, previous=previous, tiebreak=tiebreak
+            )
+            for wrapper in wrappers:
+                wrapper.set_masks(masks, step)
+        record = {
+            "step": step,
+            "seconds": time.perf_counter() - started,
+            "examples": examples,
+            "sparsity": {w.layer.name: _sparsity(w) for w, _ in due},
+        }
+        self.history.append(record)
+        if self.verbose:
+            levels = ", ".join(f"{k} {v:.1%}" for k, v in record["sparsity"].items())
+            print(
+                f"\n[tfstatprune] step {step}: masks updated in {record['seconds']:.1f} s "
+                f"({examples} examples): {levels}"
+            )
+
+
+def _sparsity(wrapper: PruneStatistically) -> float:
+    masks = list(wrapper.current_masks().values())
+    return 1.0 - sum(float(m.sum()) for m in masks) / sum(m.size for m in masks)
+
+
+def _group_by_criterion(
+    due: Sequence[tuple[PruneStatistically, float]],
+) -> dict[tuple, list[tuple[PruneStatistically, float]]]:
+    """Wrappers sharing criterion, options and scope are scored together."""
+    groups: dict[tuple, list[tuple[PruneStatistically, float]]] = {}
+    for wrapper, sparsity in due:
+        key = (
+            wrapper.criterion if isinstance(wrapper.criterion, str) else id(wrapper.criterion),
+            repr(sorted(wrapper.criterion_options.items())),
+            wrapper.scope,
+        )
+        groups.setdefault(key, []).append((wrapper, sparsity))
+    return groups
+
+
+def callbacks(
+    stats_data: Any = None,
+    *,
+    log_dir: str | None = None,
+    **kwargs: Any,
+) -> list[keras.callbacks.Callback]:
+    """The callbacks a pruned model needs in ``fit``.
+
+    Args:
+      stats_data: the data statistics are collected on at each pruning step.
+      log_dir: also log sparsity to TensorBoard (tfmot's ``PruningSummaries``).
+      **kwargs: passed to :class:`StatisticalPruning`.
+
+    Returns:
+      ``[StatisticalPruning(...)]`` (a subclass of tfmot's ``UpdatePruningStep``,
+      so tfmot's step callback is included), plus ``PruningSummaries``.
+    """
+    found: list[keras.callbacks.Callback] = [StatisticalPruning(stats_data, **kwargs)]
+    if log_dir is not None:
+        found.append(pruning_callbacks.PruningSummaries(log_dir=log_dir))
+    return found

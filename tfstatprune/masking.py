@@ -1,0 +1,359 @@
+"""Turn importance scores into binary pruning masks.
+
+This module is the only place where scores become masks, and it knows nothing
+about what a score means: a score is just a number per weight entry, and a
+*higher score means keep*. Magnitudes, Wald statistics, saliencies and random
+numbers are all handled the same way. Everything here is plain numpy, so the
+rules can be tested (and reused) without TensorFlow.
+
+The contract of :func:`compute_masks`:
+
+* **Exact counts.** In layer scope a weight with ``N`` entries and sparsity
+  ``s`` gets exactly ``k = round_half_up(s * N)`` entries pruned, except that at
+  least ``min_kept`` entries are always kept. In global scope the total over all
+  weights is ``round_half_up(s * N_total)``, and every weight still keeps at
+  least ``min_kept`` entries.
+* **Monotone.** Entries pruned in ``previous`` stay pruned. They count toward
+  the number to prune, and if more are already pruned than requested, exactly
+  those stay pruned: a mask never un-prunes. This rule wins over ``min_kept``.
+* **Deterministic order.** Entries are pruned in this order: previously
+  pruned first, then lowest score, then lowest ``tiebreak`` value (when given),
+  then (global scope only) the weight's position in ``scores``, then lowest flat
+  index in C order. ``+inf`` and ``-inf`` scores are fine; NaN is rejected.
+
+Masks are boolean arrays with ``True`` meaning *keep*, in the same shapes and
+the same key order as ``scores``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping
+
+import numpy as np
+
+__all__ = [
+    "SCOPES",
+    "compute_masks",
+    "mask_sparsity",
+    "round_half_up",
+    "target_pruned_count",
+]
+
+#: The valid values of ``compute_masks(..., scope=...)``.
+SCOPES: tuple[str, ...] = ("layer", "global")
+
+_HALF = 0.5
+
+
+def round_half_up(x: float) -> int:
+    """Round a non-negative real number to the nearest integer, halves going up.
+
+    Python's :func:`round` rounds halves to even (``round(2.5) == 2``), which
+    would make pruned counts jump unevenly as a sparsity grows; this rounds
+    ``floor(x + 0.5)`` instead.
+
+    Args:
+      x: a finite real number.
+
+    Returns:
+      ``floor(x + 0.5)`` as a Python ``int``.
+
+    Raises:
+      ValueError: if ``x`` is NaN or infinite.
+
+    >>> round_half_up(2.5), round_half_up(2.49), round_half_up(0.5)
+    (3, 2, 1)
+    """
+    x = float(x)
+    if not math.isfinite(x):
+        raise ValueError(f"round_half_up needs a finite number, got {x}.")
+    return math.floor(x + _HALF)
+
+
+def _check_sparsity(value: object, what: str) -> float:
+    """Return ``value`` as a float in [0, 1), or raise a ValueError naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(
+            f"{what} must be a real number in [0, 1), got {value!r} ({type(value).__name__})."
+        )
+    value = float(value)
+    if not 0.0 <= value < 1.0:
+        raise ValueError(
+            f"{what} must be in [0, 1) (the fraction of entries to prune; 1 would "
+            f"prune everything), got {value}."
+        )
+    return value
+
+
+def _check_min_kept(min_kept: object) -> int:
+    if isinstance(min_kept, bool) or not isinstance(min_kept, numbers.Integral):
+        raise ValueError(f"min_kept must be an integer >= 1, got {min_kept!r}.")
+    if min_kept < 1:
+        raise ValueError(
+            f"min_kept must be >= 1 (every weight keeps at least one entry), got {min_kept}."
+        )
+    return int(min_kept)
+
+
+def target_pruned_count(size: int, sparsity: float, *, min_kept: int = 1) -> int:
+    """Number of entries layer scope prunes from a weight with no previous mask.
+
+    Args:
+      size: number of entries of the weight (``N``), ``>= 0``.
+      sparsity: fraction to prune, in [0, 1).
+      min_kept: entries that are always kept (all of them when ``size < min_kept``).
+
+    Returns:
+      ``min(round_half_up(sparsity * size), max(size - min_kept, 0))``.
+
+    Raises:
+      ValueError: for a negative ``size``, a sparsity outside [0, 1) or ``min_kept < 1``.
+
+    >>> target_pruned_count(10, 0.25), target_pruned_count(3, 0.9), target_pruned_count(1, 0.9)
+    (3, 2, 0)
+    """
+    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 0:
+        raise ValueError(f"size must be a non-negative integer, got {size!r}.")
+    sparsity = _check_sparsity(sparsity, "sparsity")
+    min_kept = _check_min_kept(min_kept)
+    return min(round_half_up(sparsity * size), max(int(size) - min_kept, 0))
+
+
+def _as_float_array(name: str, value: object, what: str) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.dtype == np.bool_ or not (
+        np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
+    ):
+        raise ValueError(
+            f"{what}[{name!r}] must be an array of real numbers, got dtype {arr.dtype}."
+        )
+    arr = arr.astype(np.float64, copy=False)
+    if np.isnan(arr).any():
+        raise ValueError(
+            f"{what}[{name!r}] contains NaN; NaN cannot be ranked. Replace or drop "
+            "the NaN entries (for example with np.nan_to_num) before computing masks."
+        )
+    return arr
+
+
+def _check_names(names: list[str], other: Mapping[str, object], what: str) -> None:
+    missing = [n for n in names if n not in other]
+    if missing:
+        raise ValueError(
+            f"{what} has no entry for {missing}; it must have one for every name in scores."
+        )
+    known = set(names)
+    extra = [n for n in other if n not in known]
+    if extra:
+        raise ValueError(
+            f"{what} has names that are not in scores: {extra}; remove them or add their scores."
+        )
+
+
+def _check_shape(name: str, arr: np.ndarray, shape: tuple[int, ...], what: str) -> None:
+    if arr.shape != shape:
+        raise ValueError(
+            f"{what}[{name!r}] has shape {arr.shape} but scores[{name!r}] has shape "
+            f"{shape}; they must match entry for entry."
+        )
+
+
+def _previous_pruned(name: str, value: object, shape: tuple[int, ...]) -> np.ndarray:
+    """Flat bool array, True where the previous mask pruned the entry."""
+    arr = np.asarray(value)
+    _check_shape(name, arr, shape, "previous")
+    if arr.dtype != np.bool_:
+        if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+            raise ValueError(
+                f"previous[{name!r}] must be a 0/1 or boolean mask, got dtype {arr.dtype}."
+            )
+        if not np.isin(arr, (0, 1)).all():
+            raise ValueError(
+                f"previous[{name!r}] must contain only 0 (pruned) and 1 (kept); pass "
+                "the mask, not the masked weights."
+            )
+    return (arr == 0).reshape(-1)
+
+
+def compute_masks(
+    scores: Mapping[str, np.ndarray],
+    sparsity: float | Mapping[str, float],
+    *,
+    scope: str = "layer",
+    previous: Mapping[str, np.ndarray] | None = None,
+    tiebreak: Mapping[str, np.ndarray] | None = None,
+    min_kept: int = 1,
+) -> dict[str, np.ndarray]:
+    """Prune the lowest-scoring entries of each weight (layer) or of all weights (global).
+
+    Args:
+      scores: name -> array of importance scores; higher means keep. Any real
+        dtype; ``+inf``/``-inf`` allowed, NaN rejected.
+      sparsity: fraction of entries to prune, in [0, 1). In layer scope either
+        one float for every weight or a mapping with exactly the names of
+        ``scores``; in global scope one float for all weights together.
+      scope: ``"layer"`` (each weight reaches its own sparsity) or ``"global"``
+        (one threshold across all weights).
+      previous: optional name -> previous mask (1 or True keep, 0 or False
+        pruned), same names and shapes as ``scores``. Pruned entries stay pruned.
+      tiebreak: optional name -> secondary key, higher means keep (for example
+        ``|theta|``), same names and shapes as ``scores``; orders entries with
+        equal scores.
+      min_kept: entries every weight keeps (all of them if it has fewer).
+        Previously pruned entries stay pruned even if that leaves fewer.
+
+    Returns:
+      name -> boolean mask (True = keep), in the shapes and key order of ``scores``.
+
+    Raises:
+      ValueError: for an empty ``scores``, a sparsity outside [0, 1), an unknown
+        scope, a sparsity mapping in global scope or one with missing or extra
+        names, ``previous``/``tiebreak`` with missing or extra names or a
+        different shape, a non-0/1 previous mask, NaN in scores or tiebreak, or
+        ``min_kept < 1``.
+
+    >>> masks = compute_masks({"w": np.array([0.3, -2.0, 5.0, 0.1])}, 0.5)
+    >>> masks["w"].tolist()
+    [True, False, True, False]
+    >>> masks = compute_masks({"w": np.array([0.3, -2.0, 5.0, 0.1])}, 0.25,
+    ...                       previous={"w": np.array([1, 1, 0, 1])})
+    >>> masks["w"].tolist()  # the pruned 5.0 stays pruned and fills the quota
+    [True, True, False, True]
+    """
+    if not isinstance(scores, Mapping):
+        raise ValueError(f"scores must be a mapping name -> array, got {type(scores).__name__}.")
+    if len(scores) == 0:
+        raise ValueError("scores is empty; pass at least one weight's scores.")
+    if scope not in SCOPES:
+        raise ValueError(f"Unknown scope {scope!r}; valid scopes are {list(SCOPES)}.")
+    min_kept = _check_min_kept(min_kept)
+    names = list(scores)
+
+    if isinstance(sparsity, Mapping):
+        if scope == "global":
+            raise ValueError(
+                "Global scope takes one float sparsity for all weights together, got a "
+                "mapping; pass a float, or use scope='layer' for per-weight sparsities."
+            )
+        _check_names(names, sparsity, "sparsity")
+        levels = {n: _check_sparsity(sparsity[n], f"sparsity[{n!r}]") for n in names}
+    else:
+        level = _check_sparsity(sparsity, "sparsity")
+        levels = dict.fromkeys(names, level)
+
+    if previous is not None:
+        _check_names(names, previous, "previous")
+    if tiebreak is not None:
+        _check_names(names, tiebreak, "tiebreak")
+
+    flat_scores: list[np.ndarray] = []
+    flat_pruned: list[np.ndarray] = []
+    flat_ties: list[np.ndarray] = []
+    shapes: list[tuple[int, ...]] = []
+    for name in names:
+        arr = _as_float_array(name, scores[name], "scores")
+        shapes.append(arr.shape)
+        flat_scores.append(arr.reshape(-1))
+        if previous is None:
+            flat_pruned.append(np.zeros(arr.size, dtype=bool))
+        else:
+            flat_pruned.append(_previous_pruned(name, previous[name], arr.shape))
+        if tiebreak is None:
+            flat_ties.append(np.zeros(arr.size))
+        else:
+            tie = _as_float_array(name, tiebreak[name], "tiebreak")
+            _check_shape(name, tie, arr.shape, "tiebreak")
+            flat_ties.append(tie.reshape(-1))
+
+    if scope == "layer":
+        flat_keep = [
+            _layer_keep(s, p, t, levels[n], min_kept)
+            for n, s, p, t in zip(names, flat_scores, flat_pruned, flat_ties, strict=True)
+        ]
+    else:
+        flat_keep = _global_keep(flat_scores, flat_pruned, flat_ties, levels[names[0]], min_kept)
+    return {
+        name: keep.reshape(shape)
+        for name, keep, shape in zip(names, flat_keep, shapes, strict=True)
+    }
+
+
+def _prune_order(scores: np.ndarray, pruned: np.ndarray, ties: np.ndarray) -> np.ndarray:
+    """Indices from first-to-prune to last-to-prune.
+
+    Keys, most significant first: previously pruned, score, tiebreak, index.
+    For concatenated weights the index orders by (position of the weight,
+    flat index), as the global scope wants.
+    """
+    index = np.arange(scores.size)
+    # np.lexsort sorts by its last key first; ~pruned puts pruned (False) first.
+    return np.lexsort((index, ties, scores, ~pruned))
+
+
+def _layer_keep(
+    scores: np.ndarray, pruned: np.ndarray, ties: np.ndarray, sparsity: float, min_kept: int
+) -> np.ndarray:
+    size = scores.size
+    n_prune = max(
+        target_pruned_count(size, sparsity, min_kept=min_kept), int(np.count_nonzero(pruned))
+    )
+    keep = np.ones(size, dtype=bool)
+    keep[_prune_order(scores, pruned, ties)[:n_prune]] = False
+    return keep
+
+
+def _global_keep(
+    scores: list[np.ndarray],
+    pruned: list[np.ndarray],
+    ties: list[np.ndarray],
+    sparsity: float,
+    min_kept: int,
+) -> list[np.ndarray]:
+    sizes = [s.size for s in scores]
+    # Each weight's min_kept best entries (the end of its own prune order) are
+    # protected, unless already pruned: monotonicity wins over min_kept.
+    protected = []
+    for s, p, t in zip(scores, pruned, ties, strict=True):
+        prot = np.zeros(s.size, dtype=bool)
+        n_protect = min(min_kept, s.size)
+        if n_protect:
+            prot[_prune_order(s, p, t)[-n_protect:]] = True
+        protected.append(prot & ~p)
+
+    all_scores = np.concatenate(scores)
+    all_pruned = np.concatenate(pruned)
+    all_ties = np.concatenate(ties)
+    all_protected = np.concatenate(protected)
+
+    n_total = all_scores.size
+    n_prunable = n_total - int(np.count_nonzero(all_protected))
+    n_prune = min(
+        max(round_half_up(sparsity * n_total), int(np.count_nonzero(all_pruned))), n_prunable
+    )
+    order = _prune_order(all_scores, all_pruned, all_ties)
+    candidates = order[~all_protected[order]]
+    keep = np.ones(n_total, dtype=bool)
+    keep[candidates[:n_prune]] = False
+    return np.split(keep, np.cumsum(sizes)[:-1])
+
+
+def mask_sparsity(masks: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """Fraction of pruned (zero / False) entries of each mask.
+
+    Args:
+      masks: name -> mask (bool or 0/1 numbers; zero means pruned).
+
+    Returns:
+      name -> fraction of entries equal to zero, in the key order of ``masks``
+      (0.0 for an empty mask).
+
+    >>> mask_sparsity({"a": np.array([True, False, False, True]), "b": np.ones(3)})
+    {'a': 0.5, 'b': 0.0}
+    """
+    result = {}
+    for name, mask in masks.items():
+        arr = np.asarray(mask)
+        result[name] = float(np.count_nonzero(arr == 0) / arr.size) if arr.size else 0.0
+    return result

@@ -1,0 +1,28 @@
+"""Per-example gradient statistics: the interface between data and criteria."""
+
+from tfstatprune.stats.collector import (
+    HESSIANS,
+    CollectedStatistics,
+    check_stats_data,
+    collect_statistics,
+)
+from tfstatprune.stats.losses import PerExampleLoss, resolve_loss
+from tfstatprune.stats.moments import WeightStatistics
+from tfstatprune.stats.registry import register_rule, registered_rules, rule_for
+from tfstatprune.stats.rules import BatchMoments, DenseRule, GradientRule
+
+__all__ = [
+    "HESSIANS",
+    "BatchMoments",
+    "CollectedStatistics",
+    "DenseRule",
+    "GradientRule",
+    "PerExampleLoss",
+    "WeightStatistics",
+    "check_stats_data",
+    "collect_statistics",
+    "register_rule",
+    "registered_rules",
+    "resolve_loss",
+    "rule_for",
+]

@@ -1,0 +1,128 @@
+"""Per-example losses and labels sampled from the model's predictive distribution.
+
+The statistics need ``m_i``, one loss value per example. A Keras ``Loss``
+object is re-created with ``reduction="none"``; a loss function is used as it
+is; values with extra trailing axes are averaged over them, as Keras does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import tensorflow as tf
+
+from tfstatprune._keras import keras
+
+__all__ = ["PerExampleLoss", "resolve_loss"]
+
+LossFn = Callable[[Any, tf.Tensor], tf.Tensor]
+LabelSampler = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
+
+_SPARSE_CE = "sparse_categorical_crossentropy"
+_CE = "categorical_crossentropy"
+_BCE = "binary_crossentropy"
+_CE_KINDS = {
+    "SparseCategoricalCrossentropy": _SPARSE_CE,
+    "CategoricalCrossentropy": _CE,
+    "BinaryCrossentropy": _BCE,
+    "sparse_categorical_crossentropy": _SPARSE_CE,
+    "categorical_crossentropy": _CE,
+    "binary_crossentropy": _BCE,
+}
+_PROB_EPS = 1e-7
+
+
+class PerExampleLoss(NamedTuple):
+    """A loss giving one value per example, and how to sample labels for it.
+
+    ``sample_labels(y_pred, seed)`` returns labels drawn from the model's own
+    predictive distribution (``None`` when the loss is not a cross-entropy).
+    """
+
+    fn: Callable[[Any, tf.Tensor], tf.Tensor]
+    sample_labels: LabelSampler | None
+    name: str
+
+    def __call__(self, y_true: Any, y_pred: tf.Tensor) -> tf.Tensor:
+        values = self.fn(y_true, y_pred)
+        rank = values.shape.rank
+        if rank == 0:
+            raise ValueError(
+                f"the loss {self.name!r} returned a scalar, but the statistics need one "
+                "value per example: pass a Keras Loss (it is re-created with "
+                "reduction='none') or a function (y_true, y_pred) -> [batch] values"
+            )
+        if rank is not None and rank > 1:
+            values = tf.reduce_mean(values, axis=list(range(1, rank)))
+        return values
+
+
+def _name_of(loss: Any) -> str:
+    if isinstance(loss, str):
+        return loss
+    if isinstance(loss, keras.losses.Loss):
+        return type(loss).__name__
+    return getattr(loss, "__name__", type(loss).__name__)
+
+
+def _sampler(kind: str, from_logits: bool) -> LabelSampler:
+    """Draw one label per example from the model's predicted distribution."""
+
+    def logits_of(y_pred: tf.Tensor) -> tf.Tensor:
+        if from_logits:
+            return y_pred
+        return tf.math.log(tf.clip_by_value(y_pred, _PROB_EPS, 1.0))
+
+    def sample(y_pred: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+        y_pred = tf.cast(y_pred, tf.float32)
+        if kind == _BCE:
+            p = tf.sigmoid(y_pred) if from_logits else y_pred
+            u = tf.random.stateless_uniform(tf.shape(p), seed=seed)
+            return tf.cast(u < p, p.dtype)
+        flat = tf.reshape(logits_of(y_pred), [-1, tf.shape(y_pred)[-1]])
+        draws = tf.random.stateless_categorical(flat, 1, seed=seed)[:, 0]
+        draws = tf.reshape(draws, tf.shape(y_pred)[:-1])
+        if kind == _SPARSE_CE:
+            return draws
+        return tf.one_hot(draws, tf.shape(y_pred)[-1], dtype=y_pred.dtype)
+
+    return sample
+
+
+def resolve_loss(model: keras.Model, loss: Any = None) -> PerExampleLoss:
+    """The per-example loss for ``model``: ``loss`` if given, else the compiled one.
+
+    Raises:
+      ValueError: when there is no loss (model not compiled, none passed), or
+        the model has several outputs with several losses.
+    """
+    if loss is None:
+        loss = getattr(model, "loss", None)
+        if loss is None:
+            raise ValueError(
+                "the statistics need a per-example loss: compile the model first "
+                "(model.compile(loss=...)) or pass loss=..."
+            )
+    if isinstance(loss, (dict, list, tuple)):
+        raise ValueError(
+            "models with several losses are not supported: pass one loss=... "
+            "whose (y_true, y_pred) covers the model's output"
+        )
+    name = _name_of(loss)
+    from_logits = False
+    if isinstance(loss, str):
+        fn = keras.losses.get(loss)
+        name = getattr(fn, "__name__", name)
+    elif isinstance(loss, keras.losses.Loss):
+        config = loss.get_config()
+        from_logits = bool(config.get("from_logits", False))
+        config["reduction"] = keras.losses.Reduction.NONE
+        fn = type(loss).from_config(config)
+    elif callable(loss):
+        fn = loss
+    else:
+        raise ValueError(f"loss must be a Keras loss, a loss name or a callable, got {loss!r}")
+    kind = _CE_KINDS.get(name) or _CE_KINDS.get(getattr(fn, "__name__", ""))
+    sampler = _sampler(kind, from_logits) if kind else None
+    return PerExampleLoss(fn, sampler, name)
