@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -99,8 +100,12 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
             if int(wrapper.mask_step.numpy()) == step:
                 continue
             decision = schedule_decision(wrapper.pruning_schedule, step)
-            if decision.should_prune:
+            if not decision.should_prune:
+                continue
+            if decision.sparsity > 0:
                 due.append((wrapper, decision.sparsity))
+            else:  # pruning to 0 % changes no mask: just record the step as done
+                wrapper.mask_step.assign(step)
         if due:
             self.update_masks(due, step)
 
@@ -201,5 +206,10 @@ def callbacks(
     """
     found: list[keras.callbacks.Callback] = [StatisticalPruning(stats_data, **kwargs)]
     if log_dir is not None:
+        if importlib.util.find_spec("tensorboard") is None:
+            raise ImportError(
+                "log_dir= writes TensorBoard summaries, which needs the tensorboard "
+                "package: pip install tensorboard (or tfstatprune[tensorboard])"
+            )
         found.append(pruning_callbacks.PruningSummaries(log_dir=log_dir))
     return found
