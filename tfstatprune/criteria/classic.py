@@ -10,16 +10,28 @@ from tfstatprune.criteria.registry import hessian_from_options, register_criteri
 from tfstatprune.criteria.wald import curvature_diagonal
 from tfstatprune.stats.moments import WeightStatistics
 
-__all__ = ["magnitude", "random", "obd"]
+__all__ = ["magnitude", "l1_norm", "random", "obd"]
 
 
-@register_criterion("magnitude", statistics=None)
+@register_criterion("magnitude", statistics=None, group="l2")
 def magnitude(theta: np.ndarray, stats: WeightStatistics | None = None) -> np.ndarray:
     """Magnitude: ``s_k = |theta_k|`` (Han et al. 2015, "Learning both weights and
-    connections for efficient neural networks").
+    connections for efficient neural networks"). A group scores its L2 norm
+    ``||theta_g||_2`` (the unit-pruning criterion of the weight-vs-unit challenge).
 
     >>> magnitude(np.array([0.5, -2.0, 0.0]))
     array([0.5, 2. , 0. ])
+    """
+    return np.abs(np.asarray(theta, np.float64))
+
+
+@register_criterion("l1_norm", statistics=None, group="sum")
+def l1_norm(theta: np.ndarray, stats: WeightStatistics | None = None) -> np.ndarray:
+    """L1 norm: ``s_k = |theta_k|``; a group (filter) scores ``sum_k |theta_k|``
+    (Li et al. 2017, "Pruning filters for efficient ConvNets").
+
+    >>> l1_norm(np.array([0.5, -2.0]))
+    array([0.5, 2. ])
     """
     return np.abs(np.asarray(theta, np.float64))
 

@@ -9,11 +9,12 @@ never knows how many weights will be pruned; :mod:`tfstatprune.masking` does.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from tfstatprune.granularity import Grouping, reduce_groups
 from tfstatprune.stats.moments import WeightStatistics
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
 ]
 
 CriterionFn = Callable[..., np.ndarray]
+GroupFn = Callable[..., np.ndarray]
 HESSIAN_OPTION = "hessian"
 
 
@@ -46,11 +48,17 @@ class Criterion(NamedTuple):
       fn: ``fn(theta, stats, **options) -> scores``.
       statistics: ``statistics(options) -> None | "fisher" | "ggn"``: which
         statistics the criterion needs for these options (None: none at all).
+      group: how the score of a group (unit, filter, block) follows from its
+        members: ``"sum"`` of the per-entry scores (a Wald statistic with a
+        diagonal covariance: chi-square with |g| degrees of freedom), ``"l2"``
+        (``sqrt`` of the sum of squared per-entry scores: a group L2 norm), or
+        a function ``(thetas, stats, groupings, **options) -> [groups]``.
     """
 
     name: str
     fn: CriterionFn
     statistics: Callable[[Mapping[str, Any]], str | None]
+    group: str | GroupFn = "sum"
 
     def __call__(
         self, theta: np.ndarray, stats: WeightStatistics | None = None, **options: Any
@@ -63,6 +71,19 @@ class Criterion(NamedTuple):
             )
         return scores
 
+    def group_scores(
+        self,
+        thetas: Sequence[np.ndarray],
+        stats: Sequence[WeightStatistics | None],
+        groupings: Sequence[Grouping],
+        **options: Any,
+    ) -> np.ndarray:
+        """One score per group over the member tensors of one layer (kernel, bias)."""
+        if callable(self.group):
+            return np.asarray(self.group(thetas, stats, groupings, **options), np.float64)
+        per_entry = [self(t, s, **options) for t, s in zip(thetas, stats, strict=True)]
+        return reduce_groups(per_entry, groupings, self.group)
+
 
 _CRITERIA: dict[str, Criterion] = {}
 
@@ -71,6 +92,7 @@ def register_criterion(
     name: str,
     *,
     statistics: Callable[[Mapping[str, Any]], str | None] | str | None = "fisher",
+    group: str | GroupFn = "sum",
     overwrite: bool = False,
 ) -> Callable[[CriterionFn], CriterionFn]:
     """Decorator registering ``fn`` under ``name``.
@@ -94,7 +116,7 @@ def register_criterion(
     def decorate(fn: CriterionFn) -> CriterionFn:
         if name in _CRITERIA and not overwrite:
             raise ValueError(f"criterion {name!r} is already registered; pass overwrite=True")
-        _CRITERIA[name] = Criterion(name, fn, needs)
+        _CRITERIA[name] = Criterion(name, fn, needs, group)
         return fn
 
     return decorate

@@ -20,7 +20,7 @@ from tfstatprune.stats.moments import WeightStatistics
 
 __all__ = ["wald", "wald_pvalues", "curvature_diagonal"]
 
-HESSIANS = ("fisher", "ggn")
+HESSIANS = ("fisher", "ggn", "ggn_exact")
 
 
 def curvature_diagonal(stats: WeightStatistics, hessian: str) -> tuple[np.ndarray, np.ndarray]:
@@ -34,7 +34,7 @@ def curvature_diagonal(stats: WeightStatistics, hessian: str) -> tuple[np.ndarra
         raise ValueError("this criterion needs gradient statistics; none were given")
     if hessian == "fisher":
         data = stats.second_moment
-    elif hessian == "ggn":
+    elif hessian in ("ggn", "ggn_exact"):
         data = stats.ggn
     else:
         raise ValueError(f"hessian must be one of {HESSIANS}, got {hessian!r}")

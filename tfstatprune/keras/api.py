@@ -10,10 +10,10 @@ import tensorflow_model_optimization as tfmot
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 
 from tfstatprune._keras import keras, require_tf_keras_model
-from tfstatprune.keras.layers import prunable_weights, select_layers
-from tfstatprune.keras.scoring import resolve_criterion, score_weights
+from tfstatprune.granularity import Granularity, expand
+from tfstatprune.keras.layers import select_layers
+from tfstatprune.keras.scoring import decide_masks, mask_units, resolve_criterion, score_units
 from tfstatprune.keras.wrapper import SCOPES, PruneStatistically, schedule_objects
-from tfstatprune.masking import compute_masks
 from tfstatprune.schedules import OneShotSparsity
 from tfstatprune.stats import check_stats_data
 
@@ -57,6 +57,7 @@ def prune_statistically(
     *,
     scope: str = "layer",
     prune_bias: bool = False,
+    granularity: Granularity = "weight",
     layers: Sequence[str] | None = None,
     **options: Any,
 ) -> keras.Model:
@@ -78,6 +79,10 @@ def prune_statistically(
         ``OneShotSparsity(0.5)``.
       scope: ``"layer"`` or ``"global"``.
       prune_bias: also prune biases.
+      granularity: what is pruned: ``"weight"``, ``"unit"`` (a Dense output
+        neuron with its bias), ``"filter"``, ``"channel"``, or a block
+        ``(1, 4)`` / ``(1, 16)`` of a Dense kernel's inputs; with a structured
+        granularity the sparsity counts groups.
       layers: names of the layers to prune (default: every prunable layer).
       **options: criterion options, e.g. ``hessian="ggn"``.
 
@@ -100,7 +105,9 @@ def prune_statistically(
         pruning_schedule = OneShotSparsity(0.5)
     if crit.statistics(options) is not None and stats_data is not None:
         check_stats_data(model, stats_data)
-    chosen_names = {layer.name for layer in select_layers(model, layers)}
+    chosen = select_layers(model, layers)
+    mask_units(chosen, granularity, prune_bias=prune_bias)  # fails early on a misfit
+    chosen_names = {layer.name for layer in chosen}
     private = copy_model(model)
 
     def wrap(layer: keras.layers.Layer) -> keras.layers.Layer:
@@ -114,18 +121,11 @@ def prune_statistically(
                 criterion_options=options,
                 scope=scope,
                 prune_bias=prune_bias,
+                granularity=granularity,
             )
         return layer
 
     return keras.models.clone_model(private, clone_function=wrap)
-
-
-def _plain_weights(model: keras.Model, layers: Sequence[str] | None, prune_bias: bool) -> list[Any]:
-    return [
-        w
-        for layer in select_layers(model, layers)
-        for w in prunable_weights(layer, prune_bias=prune_bias)
-    ]
 
 
 def scores(
@@ -133,6 +133,7 @@ def scores(
     stats_data: Any = None,
     criterion: Any = "wald",
     *,
+    granularity: Granularity = "weight",
     prune_bias: bool = False,
     layers: Sequence[str] | None = None,
     loss: Any = None,
@@ -144,13 +145,14 @@ def scores(
 ) -> dict[str, np.ndarray]:
     """Scores of every prunable weight: ``{weight name: array of the weight's shape}``.
 
-    Higher = more important. Arguments as in :func:`prune_once`.
+    Higher = more important. With a structured granularity every entry carries
+    its group's score. Arguments as in :func:`prune_once`.
     """
     model = _require_graph_model(model)
-    weights = _plain_weights(model, layers, prune_bias)
-    result = score_weights(
+    units = mask_units(select_layers(model, layers), granularity, prune_bias=prune_bias)
+    result = score_units(
         model,
-        weights,
+        units,
         stats_data,
         criterion,
         options,
@@ -160,7 +162,14 @@ def scores(
         seed=seed,
         verbose=verbose,
     )
-    return result.scores
+    found = {}
+    for unit in units:
+        if unit.groupings is None:
+            found[unit.weights[0].name] = result.scores[unit.key]
+        else:
+            for w, grouping in zip(unit.weights, unit.groupings, strict=True):
+                found[w.name] = expand(result.scores[unit.key], grouping)
+    return found
 
 
 def prune_once(
@@ -170,6 +179,7 @@ def prune_once(
     criterion: Any = "wald",
     scope: str = "layer",
     *,
+    granularity: Granularity = "weight",
     prune_bias: bool = False,
     layers: Sequence[str] | None = None,
     loss: Any = None,
@@ -186,10 +196,13 @@ def prune_once(
       stats_data: ``(x, y)`` arrays or a ``tf.data.Dataset`` of ``(x, y)``
         batches (may be None for criteria needing no statistics).
       sparsity: fraction of each layer's (``scope="layer"``) or of all
-        (``"global"``) prunable weights to set to zero, in [0, 1).
+        (``"global"``) prunable weights -- or groups, with a structured
+        granularity -- to set to zero, in [0, 1).
       criterion: a criterion name or callable.
       scope: ``"layer"`` or ``"global"``.
-      prune_bias: also prune biases.
+      granularity: ``"weight"``, ``"unit"``, ``"filter"``, ``"channel"``,
+        ``(1, 4)`` or ``(1, 16)``.
+      prune_bias: also prune biases (implied by units and filters).
       layers: names of the layers to prune (default: all prunable).
       loss: per-example loss (default: the compiled loss).
       max_examples: use at most this many examples for the statistics.
@@ -199,15 +212,15 @@ def prune_once(
       **options: criterion options (``hessian="ggn"``, ...).
 
     Returns:
-      A copy of ``model`` with exactly ``round(sparsity * N)`` zeros per layer
-      (at least one weight kept), weights otherwise unchanged.
+      A copy of ``model`` with exactly ``round(sparsity * N)`` weights (or
+      groups) zeroed per layer (at least one kept), weights otherwise unchanged.
     """
     model = _require_graph_model(model)
     _check_scope(scope)
-    weights = _plain_weights(model, layers, prune_bias)
-    result = score_weights(
+    units = mask_units(select_layers(model, layers), granularity, prune_bias=prune_bias)
+    result = score_units(
         model,
-        weights,
+        units,
         stats_data,
         criterion,
         options,
@@ -217,14 +230,9 @@ def prune_once(
         seed=seed,
         verbose=verbose,
     )
-    masks = compute_masks(
-        result.scores,
-        sparsity,
-        scope=scope,
-        tiebreak={w.name: np.abs(w.numpy()) for w in weights},
-    )
+    masks = decide_masks(units, result.scores, sparsity, scope=scope)
     pruned = copy_model(model)
-    by_name = {w.name: w for w in _plain_weights(pruned, layers, prune_bias)}
+    by_name = {w.name: w for w in pruned.weights}
     for name, mask in masks.items():
         target = by_name[name]
         target.assign(target.numpy() * mask.astype(target.dtype.as_numpy_dtype))

@@ -7,16 +7,14 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 from tensorflow_model_optimization.python.core.sparsity.keras import (
     pruning_callbacks,
     pruning_wrapper,
 )
 
 from tfstatprune._keras import keras
-from tfstatprune.keras.scoring import score_weights
+from tfstatprune.keras.scoring import decide_masks, mask_units, score_units
 from tfstatprune.keras.wrapper import PruneStatistically
-from tfstatprune.masking import compute_masks
 from tfstatprune.schedules import schedule_decision
 
 __all__ = ["StatisticalPruning", "callbacks"]
@@ -116,13 +114,17 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
             wrapper.apply_masks()
         groups = _group_by_criterion(due)
         examples = 0
-        for (_, _, scope), members in groups.items():
+        for (_, _, scope, granularity), members in groups.items():
             wrappers = [w for w, _ in members]
-            weights = [v for w in wrappers for v, _, _ in w.pruning_vars]
+            units = mask_units(
+                [w.layer for w in wrappers],
+                granularity,
+                weights={w.layer.name: [v for v, _, _ in w.pruning_vars] for w in wrappers},
+            )
             first = wrappers[0]
-            result = score_weights(
+            result = score_units(
                 self.model,
-                weights,
+                units,
                 self.stats_data,
                 first.criterion,
                 first.criterion_options,
@@ -135,8 +137,6 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
             )
             if result.statistics is not None:
                 examples = result.statistics.count
-            previous = {k: v for w in wrappers for k, v in w.current_masks().items()}
-            tiebreak = {v.name: np.abs(v.numpy()) for v in weights}
             if scope == "global":
                 sparsities = {s for _, s in members}
                 if len(sparsities) != 1:
@@ -146,10 +146,11 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
                     )
                 sparsity: Any = sparsities.pop()
             else:
-                sparsity = {v.name: s for w, s in members for v, _, _ in w.pruning_vars}
-            masks = compute_masks(
-                result.scores, sparsity, scope=scope, previous=previous, tiebreak=tiebreak
-            )
+                level = {w.layer.name: s for w, s in members}
+                owner = {v.name: w.layer.name for w in wrappers for v, _, _ in w.pruning_vars}
+                sparsity = {u.key: level[owner[u.weights[0].name]] for u in units}
+            previous = {k: v for w in wrappers for k, v in w.current_masks().items()}
+            masks = decide_masks(units, result.scores, sparsity, scope=scope, previous=previous)
             for wrapper in wrappers:
                 wrapper.set_masks(masks, step)
         record = {
@@ -182,6 +183,7 @@ def _group_by_criterion(
             wrapper.criterion if isinstance(wrapper.criterion, str) else id(wrapper.criterion),
             repr(sorted(wrapper.criterion_options.items())),
             wrapper.scope,
+            wrapper.granularity,
         )
         groups.setdefault(key, []).append((wrapper, sparsity))
     return groups

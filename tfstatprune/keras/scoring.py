@@ -1,4 +1,11 @@
-"""Scores for a model's prunable weights: statistics -> criterion, shared by every entry point."""
+"""From layers to masks: statistics -> criterion -> masking, shared by every entry point.
+
+The masking problem is posed over *mask units*: with ``granularity="weight"``
+each prunable tensor is one unit whose entries are ranked one by one; with a
+structured granularity each layer is one unit whose groups (units, filters,
+channels, blocks) are ranked, and whose member tensors (kernel, bias) share the
+groups' masks.
+"""
 
 from __future__ import annotations
 
@@ -12,15 +19,47 @@ import tensorflow as tf
 from tfstatprune._keras import keras
 from tfstatprune.criteria import get_criterion
 from tfstatprune.criteria.registry import Criterion
+from tfstatprune.granularity import (
+    Granularity,
+    Grouping,
+    check_granularity,
+    expand,
+    group_ids,
+    groups_follow_bias,
+    reduce_groups,
+)
+from tfstatprune.keras.layers import prunable_weights
+from tfstatprune.masking import compute_masks
 from tfstatprune.stats import CollectedStatistics, collect_statistics
 
-__all__ = ["ScoringResult", "score_weights", "resolve_criterion"]
+__all__ = [
+    "MaskUnit",
+    "ScoringResult",
+    "decide_masks",
+    "mask_units",
+    "resolve_criterion",
+    "score_units",
+]
 
 SEED_OPTION = "seed"
 
 
+class MaskUnit(NamedTuple):
+    """One entry of the masking problem.
+
+    Attributes:
+      key: the weight's name (elementwise) or the layer's name (grouped).
+      weights: the member tensors.
+      groupings: their group ids, or None when entries are ranked one by one.
+    """
+
+    key: str
+    weights: list[tf.Variable]
+    groupings: list[Grouping] | None
+
+
 class ScoringResult(NamedTuple):
-    """Scores by weight name, and the statistics they came from (None if none were needed)."""
+    """Scores by mask-unit key (per entry, or per group), and their statistics."""
 
     scores: dict[str, np.ndarray]
     statistics: CollectedStatistics | None
@@ -33,8 +72,7 @@ def resolve_criterion(criterion: Any, options: Mapping[str, Any]) -> Criterion:
       ValueError: unknown criterion, or an option the criterion does not take.
     """
     crit = get_criterion(criterion)
-    signature = inspect.signature(crit.fn)
-    params = signature.parameters
+    params = inspect.signature(crit.fn).parameters
     takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     if not takes_kwargs:
         accepted = [n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
@@ -47,13 +85,52 @@ def resolve_criterion(criterion: Any, options: Mapping[str, Any]) -> Criterion:
     return crit
 
 
-def _takes_seed(crit: Criterion) -> bool:
-    return SEED_OPTION in inspect.signature(crit.fn).parameters
+def mask_units(
+    layers: Sequence[keras.layers.Layer],
+    granularity: Granularity = "weight",
+    *,
+    prune_bias: bool = False,
+    weights: Mapping[str, Sequence[tf.Variable]] | None = None,
+) -> list[MaskUnit]:
+    """The mask units of ``layers`` at ``granularity``.
+
+    Args:
+      layers: the (inner, unwrapped) layers to prune.
+      granularity: see :mod:`tfstatprune.granularity`.
+      prune_bias: include biases (implied for units and filters).
+      weights: the tensors to use per layer name (default: the layer's
+        prunable weights).
+
+    Raises:
+      ValueError: a granularity that does not fit a layer's kernel.
+    """
+    granularity = check_granularity(granularity)
+    with_bias = prune_bias or groups_follow_bias(granularity)
+    units = []
+    for layer in layers:
+        members = list(
+            weights[layer.name]
+            if weights is not None
+            else prunable_weights(layer, prune_bias=with_bias)
+        )
+        if granularity == "weight":
+            units.extend(MaskUnit(w.name, [w], None) for w in members)
+            continue
+        bias = getattr(layer, "bias", None)
+        groupings = []
+        try:
+            for w in members:
+                is_bias = bias is not None and w is bias
+                groupings.append(group_ids(w.shape, granularity, bias=is_bias))
+        except ValueError as error:
+            raise ValueError(f"layer {layer.name!r}: {error}") from None
+        units.append(MaskUnit(layer.name, members, groupings))
+    return units
 
 
-def score_weights(
+def score_units(
     model: keras.Model,
-    weights: Sequence[tf.Variable],
+    units: Sequence[MaskUnit],
     stats_data: Any,
     criterion: Any,
     options: Mapping[str, Any] | None = None,
@@ -65,14 +142,15 @@ def score_weights(
     step: int = 0,
     verbose: int = 1,
 ) -> ScoringResult:
-    """Collect the statistics ``criterion`` needs and score every weight in ``weights``.
+    """Collect the statistics ``criterion`` needs and score every mask unit.
 
     A criterion with a ``seed`` option (``random``) that the user did not set
-    gets a distinct seed per weight and pruning step, derived from ``seed``.
+    gets a distinct seed per mask unit and pruning step, derived from ``seed``.
     """
     options = dict(options or {})
     crit = resolve_criterion(criterion, options)
     needs = crit.statistics(options)
+    weights = [w for unit in units for w in unit.weights]
     statistics = None
     if needs is not None:
         if stats_data is None:
@@ -91,12 +169,59 @@ def score_weights(
             seed=seed + step,
             verbose=verbose,
         )
+    derive_seed = SEED_OPTION in inspect.signature(crit.fn).parameters and (
+        SEED_OPTION not in options
+    )
     scores = {}
-    derive_seed = _takes_seed(crit) and SEED_OPTION not in options
-    for index, variable in enumerate(weights):
-        call_options = dict(options)
+    for index, unit in enumerate(units):
+        unit_options = dict(options)
         if derive_seed:
-            call_options[SEED_OPTION] = [seed, step, index]
-        stats = statistics.weights[variable.name] if statistics is not None else None
-        scores[variable.name] = crit(variable.numpy(), stats, **call_options)
+            unit_options[SEED_OPTION] = [seed, step, index]
+        thetas = [w.numpy() for w in unit.weights]
+        stats = [
+            statistics.weights[w.name] if statistics is not None else None for w in unit.weights
+        ]
+        if unit.groupings is None:
+            scores[unit.key] = crit(thetas[0], stats[0], **unit_options)
+        else:
+            scores[unit.key] = crit.group_scores(thetas, stats, unit.groupings, **unit_options)
     return ScoringResult(scores, statistics)
+
+
+def decide_masks(
+    units: Sequence[MaskUnit],
+    scores: Mapping[str, np.ndarray],
+    sparsity: float | Mapping[str, float],
+    *,
+    scope: str = "layer",
+    previous: Mapping[str, np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
+    """Masks (by weight name, 1 keep / 0 pruned, float32) from the units' scores.
+
+    Ties are broken by ``|theta|`` (a group's L2 norm); ``previous`` masks by
+    weight name stay pruned (a group counts as pruned when all its entries are).
+    ``sparsity`` may map unit keys to levels (layer scope).
+    """
+    tiebreak, prev = {}, {}
+    for unit in units:
+        thetas = [np.abs(w.numpy()) for w in unit.weights]
+        if unit.groupings is None:
+            tiebreak[unit.key] = thetas[0]
+            if previous is not None:
+                prev[unit.key] = previous[unit.weights[0].name]
+        else:
+            tiebreak[unit.key] = reduce_groups(thetas, unit.groupings, "l2")
+            if previous is not None:
+                kept = reduce_groups(
+                    [previous[w.name] for w in unit.weights], unit.groupings, "sum"
+                )
+                prev[unit.key] = (kept > 0).astype(np.float32)
+    keep = compute_masks(scores, sparsity, scope=scope, previous=prev or None, tiebreak=tiebreak)
+    masks = {}
+    for unit in units:
+        if unit.groupings is None:
+            masks[unit.weights[0].name] = keep[unit.key].astype(np.float32)
+        else:
+            for w, grouping in zip(unit.weights, unit.groupings, strict=True):
+                masks[w.name] = expand(keep[unit.key], grouping).astype(np.float32)
+    return masks

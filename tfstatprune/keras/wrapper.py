@@ -26,6 +26,7 @@ from tensorflow_model_optimization.python.core.sparsity.keras import (
 
 from tfstatprune._keras import keras
 from tfstatprune.criteria import get_criterion
+from tfstatprune.granularity import check_granularity, groups_follow_bias
 from tfstatprune.schedules import IterativeSparsity, OneShotSparsity
 
 __all__ = ["PruneStatistically", "SCOPES", "schedule_objects"]
@@ -81,7 +82,9 @@ class PruneStatistically(pruning_wrapper.PruneLowMagnitude):
         ``{"hessian": "ggn"}``.
       scope: ``"layer"`` (each layer reaches the schedule's sparsity) or
         ``"global"`` (one threshold across all globally scoped layers).
-      prune_bias: also mask the layer's bias.
+      prune_bias: also mask the layer's bias (implied by units and filters).
+      granularity: ``"weight"``, ``"unit"``, ``"filter"``, ``"channel"`` or a
+        block ``(1, 4)`` / ``(1, 16)``; see :mod:`tfstatprune.granularity`.
       **kwargs: passed to tfmot's wrapper (``block_size``, ...).
 
     Example:
@@ -103,6 +106,7 @@ class PruneStatistically(pruning_wrapper.PruneLowMagnitude):
         criterion_options: Mapping[str, Any] | None = None,
         scope: str = "layer",
         prune_bias: bool = False,
+        granularity: Any = "weight",
         **kwargs: Any,
     ) -> None:
         if pruning_schedule is None:
@@ -114,7 +118,8 @@ class PruneStatistically(pruning_wrapper.PruneLowMagnitude):
         self.criterion = criterion
         self.criterion_options = dict(criterion_options or {})
         self.scope = scope
-        self.prune_bias = bool(prune_bias)
+        self.granularity = check_granularity(granularity)
+        self.prune_bias = bool(prune_bias) or groups_follow_bias(self.granularity)
 
     def build(self, input_shape: Any) -> None:
         if self.prune_bias:
@@ -184,6 +189,9 @@ class PruneStatistically(pruning_wrapper.PruneLowMagnitude):
             criterion_options=dict(self.criterion_options),
             scope=self.scope,
             prune_bias=self.prune_bias,
+            granularity=list(self.granularity)
+            if isinstance(self.granularity, tuple)
+            else self.granularity,
         )
         return config
 
