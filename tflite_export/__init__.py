@@ -1,1 +1,63 @@
-"""Keras -> TFLite export, validation and benchmarks for pruned models."""
+"""Keras -> TFLite export, validation and benchmarks for pruned models.
+
+Typical use::
+
+    from tflite_export import export, benchmark
+
+    report = export(tsp.strip_pruning(pruned), "lenet.tflite", sparse=True)
+    print(benchmark(["dense.tflite", "lenet.tflite"], data=(x_test, y_test)))
+
+:func:`export` converts with ``tf.lite.TFLiteConverter`` (float32, float16,
+dynamic-range or full-integer int8; sparse weight storage on request), checks
+the .tflite outputs against Keras, and reports file size and, per weight
+tensor, whether it is stored dense, stored sparse and densified at load, or
+run by a native sparse kernel. :func:`benchmark` measures batch-1 latency with
+the LiteRT interpreter, several models interleaved, and prints the
+``benchmark_model`` command that repeats the measurement on an Android phone.
+
+This package sits below :mod:`tfstatprune` (it imports tfstatprune, never the
+other way round).
+"""
+
+from tflite_export.bench import BenchmarkResult, ModelTiming, android_command, benchmark
+from tflite_export.convert import (
+    QUANTIZE_MODES,
+    TOLERANCES,
+    ExportError,
+    ExportReport,
+    Tolerance,
+    Validation,
+    ValidationError,
+    convert,
+    export,
+    validate,
+)
+from tflite_export.flatbuffer import (
+    Storage,
+    TFLiteFileError,
+    WeightTensor,
+    inspect_weights,
+    read_tflite,
+)
+
+__all__ = [
+    "QUANTIZE_MODES",
+    "TOLERANCES",
+    "BenchmarkResult",
+    "ExportError",
+    "ExportReport",
+    "ModelTiming",
+    "Storage",
+    "TFLiteFileError",
+    "Tolerance",
+    "Validation",
+    "ValidationError",
+    "WeightTensor",
+    "android_command",
+    "benchmark",
+    "convert",
+    "export",
+    "inspect_weights",
+    "read_tflite",
+    "validate",
+]

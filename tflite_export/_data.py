@@ -1,0 +1,89 @@
+"""Turn user data (arrays, ``(x, y)`` pairs, ``tf.data``) into example arrays."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+__all__ = ["examples", "labelled_examples"]
+
+
+def _split_pair(element: Any) -> tuple[Any, Any]:
+    """``(x, y)`` from an ``(x, y)`` / ``(x, y, w)`` tuple, ``(x, None)`` from ``x``."""
+    if isinstance(element, tuple | list):
+        return element[0], element[1] if len(element) > 1 else None
+    return element, None
+
+
+def _batches(data: Any, example_rank: int) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    """Batches of ``(x, y)`` numpy arrays, whether ``data`` is batched or not."""
+    if isinstance(data, tf.data.Dataset):
+        elements = data.as_numpy_iterator()
+    else:
+        elements = iter([data])
+    for element in elements:
+        x, y = _split_pair(element)
+        if isinstance(x, dict):
+            raise TypeError("inputs given as a dict are not supported; pass arrays")
+        x = np.asarray(x)
+        y = None if y is None else np.asarray(y)
+        if x.ndim == example_rank:  # a single example
+            x = x[None]
+            y = None if y is None else y[None]
+        elif x.ndim != example_rank + 1:
+            raise ValueError(
+                f"expected inputs of rank {example_rank} (one example) or "
+                f"{example_rank + 1} (a batch), got shape {x.shape}"
+            )
+        yield x, y
+
+
+def labelled_examples(
+    data: Any, example_shape: Sequence[int | None], limit: int | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Up to ``limit`` examples ``x`` (and labels ``y`` when given) as arrays.
+
+    Args:
+      data: an array ``x``; a pair ``(x, y)``; or a ``tf.data.Dataset`` of ``x``
+        or ``(x, y)``, batched or not.
+      example_shape: the shape of one example (the model input without batch).
+      limit: the maximum number of examples (all when None).
+
+    Returns:
+      ``(x, y)``: ``x`` float32 ``(n, *example_shape)``, ``y`` labels or None.
+    """
+    xs: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
+    count = 0
+    for x, y in _batches(data, len(example_shape)):
+        if limit is not None:
+            x, y = x[: limit - count], None if y is None else y[: limit - count]
+        xs.append(x)
+        if y is not None:
+            ys.append(y)
+        count += len(x)
+        if limit is not None and count >= limit:
+            break
+    if not xs or count == 0:
+        raise ValueError("the data holds no examples")
+    x = np.concatenate(xs).astype(np.float32, copy=False)
+    y = np.concatenate(ys) if len(ys) == len(xs) else None
+    return x, y
+
+
+def examples(
+    data: Any, example_shape: Sequence[int | None], limit: int | None = None
+) -> np.ndarray:
+    """Like :func:`labelled_examples`, the inputs only."""
+    return labelled_examples(data, example_shape, limit)[0]
+
+
+def class_labels(y: np.ndarray) -> np.ndarray:
+    """Integer class labels from integer labels or one-hot / probability rows."""
+    y = np.asarray(y)
+    if y.ndim > 1 and y.shape[-1] > 1:
+        return y.argmax(-1)
+    return y.reshape(len(y)).astype(np.int64)
