@@ -3,19 +3,35 @@
 from tfstatprune.stats.collector import (
     HESSIANS,
     CollectedStatistics,
+    GenericPathWarning,
     check_stats_data,
     collect_statistics,
 )
 from tfstatprune.stats.losses import PerExampleLoss, resolve_loss
 from tfstatprune.stats.moments import WeightStatistics
 from tfstatprune.stats.registry import register_rule, registered_rules, rule_for
-from tfstatprune.stats.rules import BatchMoments, DenseRule, GradientRule
+from tfstatprune.stats.rules import (
+    BatchMoments,
+    BatchNormalizationRule,
+    ConvolutionRule,
+    ConvRule,
+    DenseRule,
+    DepthwiseConvRule,
+    EmbeddingRule,
+    GradientRule,
+)
 
 __all__ = [
     "HESSIANS",
     "BatchMoments",
+    "BatchNormalizationRule",
     "CollectedStatistics",
+    "ConvRule",
+    "ConvolutionRule",
     "DenseRule",
+    "DepthwiseConvRule",
+    "EmbeddingRule",
+    "GenericPathWarning",
     "GradientRule",
     "PerExampleLoss",
     "WeightStatistics",

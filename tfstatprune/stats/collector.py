@@ -5,35 +5,67 @@ closed-form rule (:mod:`tfstatprune.stats.registry`), one forward pass and one
 backward pass of the summed per-example loss give each layer's inputs and the
 per-example gradients at its pre-activation output, from which the rule forms
 the moments. Weights without a rule get per-example gradients from
-``tf.vectorized_map`` (the generic path: correct for any layer, 20-100x slower).
-Chunk sums are float32; chunks are merged in float64 on the host.
+``tf.vectorized_map`` (the generic path: correct for any layer, 20-100x slower;
+a :class:`GenericPathWarning` names such layer classes once per process).
+Chunk sums are float32; they are added into float64 accumulators on the
+device, inside the traced step, and read once at the end.
 
-Curvature (``hessian="ggn"``): the same passes with one label per example drawn
-from the model's own predictive distribution give ``sum_i s~_i ** 2``, an
-unbiased estimate of n times the generalized Gauss-Newton diagonal of
-``m_i`` (Martens 2014; Kunstner et al. 2019). ``hessian="fisher"`` needs nothing
-beyond the moments (the empirical Fisher ``sumsq / n``).
+Curvature, stored in ``WeightStatistics.curvature`` as a sum over examples of
+a per-example diagonal (divide by n for the diagonal of the mean loss
+``(1/n) sum_i m_i``; a training loss that sums over examples has n times it):
+
+- ``hessian="fisher"``: nothing beyond the moments (the empirical Fisher is
+  ``sumsq / n``).
+- ``hessian="ggn"``: the same passes with one label per example drawn from the
+  model's own predictive distribution give ``sum_i s~_i ** 2``, an unbiased
+  estimate of n times the generalized Gauss-Newton diagonal of ``m_i``
+  (Martens 2014; Kunstner et al. 2019).
+- ``hessian="ggn_exact"``: the exact GGN diagonal for a cross-entropy over C
+  classes. With logits f and probabilities p, the Hessian of the loss in f is
+  ``diag(p) - p p^T = sum_c p_c (e_c - p)(e_c - p)^T``, and ``p - e_c`` is the
+  gradient in f of the loss with label c; so
+  ``diag GGN_i = diag J_i^T (diag(p) - p p^T) J_i = sum_c p_ic g_i(c) ** 2``,
+  g_i(c) the per-example gradient with label c. Each class is one more
+  backward pass of ``sum_i sqrt(p_ic) m_i(c)`` (p held constant) through the
+  same closed-form rules: C backward passes per chunk, run one after another.
+
+Under a ``tf.distribute`` strategy each replica sums its share of every chunk
+and the totals are reduced once at the end (:mod:`tfstatprune.stats.distribute`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 import tensorflow as tf
 
 from tfstatprune._keras import keras
+from tfstatprune.stats.distribute import (
+    Accumulators,
+    distribute_chunk,
+    local_replicas,
+    strategy_for,
+)
 from tfstatprune.stats.losses import PerExampleLoss, resolve_loss
 from tfstatprune.stats.moments import WeightStatistics
 from tfstatprune.stats.registry import rule_for
-from tfstatprune.stats.rules import GradientRule, moments_of
+from tfstatprune.stats.rules import GradientRule, moments_of, size_of
 
-__all__ = ["CollectedStatistics", "check_stats_data", "collect_statistics", "HESSIANS"]
+__all__ = [
+    "CollectedStatistics",
+    "GenericPathWarning",
+    "check_stats_data",
+    "collect_statistics",
+    "HESSIANS",
+]
 
-HESSIANS = ("fisher", "ggn")
+HESSIANS = ("fisher", "ggn", "ggn_exact")
 DEFAULT_MEMORY_BUDGET_MB = 256
 MAX_CHUNK = 2048
 _BYTES_PER_FLOAT = 4
@@ -41,6 +73,15 @@ _MB = 2**20
 # Hook a layer may define to replace its ``call`` while statistics are collected
 # (pruning wrappers use it to skip their mask-update ops).
 STATISTICS_CALL_HOOK = "statistics_call"
+_ZERO = tf.UnconnectedGradients.ZERO
+
+
+class GenericPathWarning(UserWarning):
+    """Some layers' statistics take the slow generic ``vectorized_map`` path."""
+
+
+# Layer classes already named in a GenericPathWarning (once per class per process).
+_WARNED_CLASSES: set[type] = set()
 
 
 class CollectedStatistics(NamedTuple):
@@ -48,9 +89,14 @@ class CollectedStatistics(NamedTuple):
 
     Attributes:
       weights: ``{variable name: WeightStatistics}`` in the order asked for.
-      count: the number of examples used (n).
-      chunk_size: examples per chunk.
-      peak_bytes: the per-example quantities held for one chunk, in bytes.
+      count: the number of examples used (n), over all replicas and workers.
+      chunk_size: examples per chunk (on this worker, over its local replicas).
+      peak_bytes: estimate of the per-example quantities held for one chunk, in
+        bytes: the probed layers' inputs, outputs and output gradients, what
+        their rules materialise (per-example convolution kernel gradients, ...)
+        and the generic path's per-example gradients. The model's own
+        activations, kept for backpropagation as in any gradient step, are
+        not counted.
       generic: names of the weights that took the generic vectorized path.
       seconds: wall time of the collection.
     """
@@ -71,11 +117,27 @@ class _Target(NamedTuple):
 
 
 class _Recorder:
-    """Holds ``(inputs, z)`` for each probed layer during one traced forward pass."""
+    """Holds ``(inputs, z)`` for each probed layer during one traced forward pass.
+
+    Per thread: a ``MirroredStrategy`` traces each replica in its own thread.
+    """
 
     def __init__(self) -> None:
-        self.active = False
-        self.calls: dict[int, tuple[tf.Tensor, tf.Tensor]] = {}
+        self._local = threading.local()
+
+    @property
+    def active(self) -> bool:
+        return getattr(self._local, "active", False)
+
+    @active.setter
+    def active(self, value: bool) -> None:
+        self._local.active = value
+
+    @property
+    def calls(self) -> dict[int, tuple[Any, tf.Tensor]]:
+        if not hasattr(self._local, "calls"):
+            self._local.calls = {}
+        return self._local.calls
 
 
 def _owners(model: keras.Model) -> dict[Any, keras.layers.Layer]:
@@ -93,9 +155,10 @@ def _owners(model: keras.Model) -> dict[Any, keras.layers.Layer]:
 
 def _targets(
     model: keras.Model, weights: Sequence[tf.Variable], closed_form: bool
-) -> list[_Target]:
+) -> tuple[list[_Target], dict[type, str]]:
+    """Each weight with its layer and rule, and why layers without a rule have none."""
     owners = _owners(model)
-    targets = []
+    targets, reasons = [], {}
     for v in weights:
         layer = owners.get(v.ref())
         if layer is None:
@@ -103,12 +166,32 @@ def _targets(
         rule = rule_for(layer) if closed_form else None
         role = None
         if rule is not None:
-            covered = {w.ref(): r for r, w in rule.weights(layer).items()}
+            reason = rule.unsupported(layer)
+            covered = {w.ref(): r for r, w in rule.weights(layer).items()} if not reason else {}
             role = covered.get(v.ref())
             if role is None:
+                reasons.setdefault(type(layer), reason or f"its rule does not cover {v.name}")
                 rule = None
+        elif closed_form:
+            reasons.setdefault(type(layer), "no rule is registered")
         targets.append(_Target(v, layer, rule, role))
-    return targets
+    return targets, reasons
+
+
+def _warn_generic(reasons: dict[type, str]) -> None:
+    """Name the layer classes taking the generic path, once per class per process."""
+    new = {cls: why for cls, why in reasons.items() if cls not in _WARNED_CLASSES}
+    if not new:
+        return
+    _WARNED_CLASSES.update(new)
+    named = "; ".join(f"{cls.__name__} ({why})" for cls, why in new.items())
+    warnings.warn(
+        f"per-example statistics of {named} take the generic tf.vectorized_map path, "
+        "20-100x slower than a gradient pass; a closed-form rule can be added with "
+        "tfstatprune.stats.register_rule",
+        GenericPathWarning,
+        stacklevel=3,
+    )
 
 
 @contextlib.contextmanager
@@ -177,6 +260,11 @@ def _regularizer_curvature(target: _Target) -> np.ndarray | float:
     return 0.0 if hess is None else hess.numpy().astype(np.float64)
 
 
+def _times(values: tf.Tensor, weights: tf.Tensor | None) -> tf.Tensor:
+    """``values * weights``, or ``values`` when there are no weights."""
+    return values if weights is None else values * tf.cast(weights, values.dtype)
+
+
 def _expand(structure: Any) -> Any:
     return tf.nest.map_structure(lambda t: tf.expand_dims(t, 0), structure)
 
@@ -242,13 +330,14 @@ def _iter_chunks(
 
 
 def _check_input_shape(model: keras.Model, x: Any) -> None:
+    """``x``: inputs or their ``TensorSpec`` (unknown sizes pass)."""
     expected = getattr(model, "input_shape", None)
     if expected is None or isinstance(expected, list):
         return
     got = tuple(tf.nest.flatten(x)[0].shape)
     expected = tuple(expected)
     if len(got) != len(expected) or any(
-        e is not None and g != e for g, e in zip(got[1:], expected[1:], strict=False)
+        None not in (e, g) and g != e for g, e in zip(got[1:], expected[1:], strict=False)
     ):
         raise ValueError(
             f"stats_data inputs have shape {got} but the model expects {expected} "
@@ -265,18 +354,48 @@ def check_stats_data(model: keras.Model, data: Any) -> None:
     raise ValueError("stats_data is empty: pass at least one (x, y) example")
 
 
-def _per_example_floats(targets: Sequence[_Target], chunk_probe_floats: int) -> int:
-    generic = sum(int(np.prod(t.variable.shape)) for t in targets if t.rule is None)
-    return generic + chunk_probe_floats
+def _example_spec(data: Any, input_rank: int | None) -> Any:
+    """``TensorSpec``s of the model inputs in ``data``, batch axis ``None``."""
+    arrays = _as_arrays(data)
+    if arrays is not None:
+        return tf.nest.map_structure(
+            lambda t: tf.TensorSpec([None, *np.shape(t)[1:]], tf.as_dtype(t.dtype)), arrays[0]
+        )
+    if not isinstance(data, tf.data.Dataset):
+        raise TypeError(
+            "stats_data must be a tf.data.Dataset of (x, y) batches or an (x, y) tuple of "
+            f"arrays, got {type(data).__name__}"
+        )
+    spec = data.element_spec
+    if not (isinstance(spec, tuple) and len(spec) in (2, 3)):
+        raise ValueError(
+            "stats_data must yield (x, y) or (x, y, sample_weight) tuples, got elements "
+            f"of structure {spec}"
+        )
+    single = input_rank is not None and tf.nest.flatten(spec[0])[0].shape.rank == input_rank - 1
+    return tf.nest.map_structure(
+        lambda s: tf.TensorSpec([None, *(s.shape if single else s.shape[1:])], s.dtype), spec[0]
+    )
 
 
 class _Plan(NamedTuple):
-    """A traced statistics step and what it was traced for (reused across calls)."""
+    """A traced statistics step, its accumulators and what it was built for.
 
-    step: Any
+    Attributes:
+      step: ``step(x, y, seed_pair)`` adds one chunk (distributed values under a
+        strategy) to ``accumulators``.
+      accumulators: per target its sum, sum of squares (and curvature), then the count.
+      per_example_floats: ``per_example_floats(x_spec)``, the floats per example
+        held for one chunk (see ``CollectedStatistics.peak_bytes``).
+    """
+
+    step: Callable[..., None]
+    accumulators: Accumulators
+    per_example_floats: Callable[[Any], int]
     rec: _Recorder
     targets: list[_Target]
     probed: list[keras.layers.Layer]
+    reasons: dict[type, str]
 
 
 # Plans live on the model itself (an untracked attribute), so a model and its
@@ -289,17 +408,18 @@ def _plan_for(
     weights: Sequence[tf.Variable],
     loss: Any,
     per_example_loss: PerExampleLoss,
-    want_ggn: bool,
+    hessian: str,
     closed_form: bool,
+    strategy: tf.distribute.Strategy,
 ) -> _Plan:
-    """The cached plan for this model, weights, loss and curvature, or a new one."""
-    key = (tuple(id(v) for v in weights), id(loss), want_ggn, closed_form)
+    """The cached plan for this model, weights, loss, curvature and strategy, or a new one."""
+    key = (tuple(id(v) for v in weights), id(loss), hessian, closed_form, id(strategy))
     plans = model.__dict__.get(_PLANS_ATTRIBUTE)
     if plans is None:
         plans = {}
         object.__setattr__(model, _PLANS_ATTRIBUTE, plans)
     if key not in plans:
-        plans[key] = _build_plan(model, weights, per_example_loss, want_ggn, closed_form)
+        plans[key] = _build_plan(model, weights, per_example_loss, hessian, closed_form, strategy)
     return plans[key]
 
 
@@ -307,89 +427,177 @@ def _build_plan(
     model: keras.Model,
     weights: Sequence[tf.Variable],
     per_example_loss: PerExampleLoss,
-    want_ggn: bool,
+    hessian: str,
     closed_form: bool,
+    strategy: tf.distribute.Strategy,
 ) -> _Plan:
-    targets = _targets(model, weights, closed_form)
+    targets, reasons = _targets(model, weights, closed_form)
+    rules = {id(t.layer): t.rule for t in targets if t.rule is not None}
     probed = list({id(t.layer): t.layer for t in targets if t.rule is not None}.values())
     generic = [t for t in targets if t.rule is None]
+    want_curvature = hessian != "fisher"
     rec = _Recorder()
+    shapes = []
+    for t in targets:
+        shapes += [t.variable.shape] * (3 if want_curvature else 2)
+    accumulators = Accumulators(strategy, [*shapes, []])
 
     def forward(x: Any) -> tf.Tensor:
         return model(x, training=False)
 
-    def closed_form_moments(x: Any, y: Any, seed_pair: tf.Tensor) -> tuple[dict, dict]:
-        rec.calls.clear()
-        with tf.GradientTape(persistent=want_ggn) as tape:
+    def curvature_objectives(
+        y_pred: tf.Tensor, seed_pair: tf.Tensor, weights: tf.Tensor | None
+    ) -> list[tf.Tensor]:
+        """Scalars whose gradients' squares add up to the curvature (see module docstring)."""
+        if hessian == "ggn":
+            y_sampled = tf.stop_gradient(per_example_loss.sample_labels(y_pred, seed_pair))
+            return [tf.reduce_sum(_times(per_example_loss(y_sampled, y_pred), weights))]
+        if hessian == "ggn_exact":
+            return [
+                tf.reduce_sum(
+                    _times(
+                        per_example_loss(labels, y_pred),
+                        _times(tf.stop_gradient(tf.sqrt(p)), weights),
+                    )
+                )
+                for labels, p in per_example_loss.label_distribution(y_pred)
+            ]
+        return []
+
+    def chained_squares(objectives: list, squares_of: Callable[[Any], dict]) -> dict | None:
+        """Sum over ``objectives`` of their squared per-example gradients, one after another."""
+        total = None
+        for objective in objectives:
+            with tf.control_dependencies(tf.nest.flatten(total) if total else []):
+                squares = squares_of(objective)
+            total = squares if total is None else {k: total[k] + v for k, v in squares.items()}
+        return total
+
+    def closed_form_values(
+        x: Any, y: Any, weights: tf.Tensor | None, seed_pair: tf.Tensor
+    ) -> tuple[dict, dict | None]:
+        calls = rec.calls
+        calls.clear()
+        with tf.GradientTape(persistent=want_curvature) as tape:
             rec.active = True
             try:
                 y_pred = forward(x)
             finally:
                 rec.active = False
-            total = tf.reduce_sum(per_example_loss(y, y_pred))
-            if want_ggn:
-                y_sampled = tf.stop_gradient(per_example_loss.sample_labels(y_pred, seed_pair))
-                total_sampled = tf.reduce_sum(per_example_loss(y_sampled, y_pred))
-        missing = [layer.name for layer in probed if id(layer) not in rec.calls]
+            total = tf.reduce_sum(_times(per_example_loss(y, y_pred), weights))
+            objectives = curvature_objectives(y_pred, seed_pair, weights)
+        missing = [layer.name for layer in probed if id(layer) not in calls]
         if missing:
             raise ValueError(f"layers {missing} were not called by the model's forward pass")
-        zs = [rec.calls[id(layer)][1] for layer in probed]
-        deltas = tape.gradient(total, zs)
-        deltas_sampled = tape.gradient(total_sampled, zs) if want_ggn else [None] * len(zs)
-        moments, curvature = {}, {}
-        for layer, delta, delta_sampled in zip(probed, deltas, deltas_sampled, strict=True):
-            inputs = rec.calls[id(layer)][0]
-            rule = rule_for(layer)
-            for role, m in rule.moments(layer, inputs, delta).items():
-                moments[(id(layer), role)] = m
-            if want_ggn:
-                for role, m in rule.moments(layer, inputs, delta_sampled).items():
-                    curvature[(id(layer), role)] = m.sumsq
+        inputs = [calls[id(layer)][0] for layer in probed]
+        zs = [calls[id(layer)][1] for layer in probed]
+
+        def moments_at(objective: tf.Tensor) -> dict:
+            deltas = tape.gradient(objective, zs, unconnected_gradients=_ZERO)
+            found = {}
+            for layer, a, delta in zip(probed, inputs, deltas, strict=True):
+                for role, m in rules[id(layer)].moments(layer, a, delta).items():
+                    found[(id(layer), role)] = m
+            return found
+
+        moments = moments_at(total)
+        curvature = chained_squares(
+            objectives, lambda o: {k: m.sumsq for k, m in moments_at(o).items()}
+        )
         return moments, curvature
 
-    def generic_grads(x: Any, y: Any) -> list[tf.Tensor]:
+    def generic_values(
+        x: Any, y: Any, weights: tf.Tensor | None, seed_pair: tf.Tensor
+    ) -> tuple[list, list | None]:
         variables = [t.variable for t in generic]
 
-        def one(args: tuple[Any, Any]) -> list[tf.Tensor]:
-            xi, yi = args
-            with tf.GradientTape() as tape:
-                value = tf.reduce_sum(per_example_loss(_expand(yi), forward(_expand(xi))))
-            return tape.gradient(
-                value, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO
-            )
+        def per_example_gradients(labels: Any, scale: tf.Tensor | None = None) -> list:
+            def one(args: tuple) -> list[tf.Tensor]:
+                with tf.GradientTape() as tape:
+                    value = tf.reduce_sum(
+                        per_example_loss(_expand(args[1]), forward(_expand(args[0])))
+                    )
+                    if scale is not None:
+                        value = value * args[2]
+                return tape.gradient(value, variables, unconnected_gradients=_ZERO)
 
-        return tf.vectorized_map(one, (x, y))
+            return tf.vectorized_map(one, (x, labels) if scale is None else (x, labels, scale))
 
-    @tf.function(reduce_retracing=True)
-    def step(x: Any, y: Any, seed_pair: tf.Tensor) -> tuple[list, list, list, list]:
-        sums, sumsqs, curvs = [], [], []
-        moments, curvature = closed_form_moments(x, y, seed_pair) if probed else ({}, {})
-        per_example_grads = generic_grads(x, y) if generic else []
-        per_example_curv = []
-        if generic and want_ggn:
+        def squares(grads: list) -> dict:
+            return {i: tf.reduce_sum(tf.square(g), 0) for i, g in enumerate(grads)}
+
+        moments = [moments_of(g) for g in per_example_gradients(y, weights)]
+        curvature = None
+        if hessian == "ggn":
             y_sampled = per_example_loss.sample_labels(forward(x), seed_pair)
-            per_example_curv = generic_grads(x, y_sampled)
-        g_index = 0
+            curvature = squares(per_example_gradients(y_sampled, weights))
+        elif hessian == "ggn_exact":
+            pairs = per_example_loss.label_distribution(forward(x))
+            curvature = chained_squares(
+                pairs,
+                lambda pair: squares(
+                    per_example_gradients(pair[0], _times(tf.sqrt(pair[1]), weights))
+                ),
+            )
+        return moments, curvature
+
+    def replica_step(x: Any, y: Any, weights: tf.Tensor | None, seed_pair: tf.Tensor) -> None:
+        if strategy.num_replicas_in_sync > 1:
+            replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+            seed_pair = tf.random.experimental.stateless_fold_in(seed_pair, replica)
+        moments, curvature = closed_form_values(x, y, weights, seed_pair) if probed else ({}, None)
+        generic_moments, generic_curvature = (
+            generic_values(x, y, weights, seed_pair) if generic else ([], None)
+        )
+        values, g_index = [], 0
         for t in targets:
             if t.rule is not None:
-                m = moments[(id(t.layer), t.role)]
-                sums.append(m.sum)
-                sumsqs.append(m.sumsq)
-                curvs.append(curvature[(id(t.layer), t.role)] if want_ggn else tf.zeros([]))
+                key = (id(t.layer), t.role)
+                m, c = moments[key], curvature[key] if want_curvature else None
             else:
-                m = moments_of(per_example_grads[g_index])
-                sums.append(m.sum)
-                sumsqs.append(m.sumsq)
-                curvs.append(
-                    tf.reduce_sum(tf.square(per_example_curv[g_index]), 0)
-                    if want_ggn
-                    else tf.zeros([])
-                )
+                m = generic_moments[g_index]
+                c = generic_curvature[g_index] if want_curvature else None
                 g_index += 1
-        counts = tf.shape(tf.nest.flatten(x)[0])[0]
-        return sums, sumsqs, curvs, counts
+            values += [m.sum, m.sumsq] + ([c] if want_curvature else [])
+        count = tf.shape(tf.nest.flatten(x)[0])[0] if weights is None else tf.reduce_sum(weights)
+        values.append(count)
+        accumulators.add(values)
 
-    return _Plan(step, rec, targets, probed)
+    @tf.function(reduce_retracing=True)
+    def step(x: Any, y: Any, weights: Any, seed_pair: tf.Tensor) -> None:
+        strategy.run(replica_step, args=(x, y, weights, seed_pair))
+
+    floats_by_spec: dict[Any, int] = {}
+
+    def per_example_floats(x_spec: Any) -> int:
+        key = tuple(tf.nest.flatten(x_spec))
+        if key not in floats_by_spec:
+            floats_by_spec[key] = _count_per_example_floats(x_spec)
+        return floats_by_spec[key]
+
+    def _count_per_example_floats(x_spec: Any) -> int:
+        passes = 2 if want_curvature else 1  # the moments' and the curvature's backward pass
+        total = passes * sum(size_of(t.variable.shape) for t in generic)
+        if not probed:
+            return total
+        calls = rec.calls
+        calls.clear()
+        rec.active = True
+        try:
+            tf.function(forward).get_concrete_function(x_spec)
+        finally:
+            rec.active = False
+        for layer in probed:
+            a, z = calls[id(layer)]
+            in_shape, out_shape = tf.nest.flatten(a)[0].shape[1:], z.shape[1:]
+            held = size_of(out_shape) + rules[id(layer)].per_example_floats(
+                layer, in_shape, out_shape
+            )
+            total += size_of(in_shape) + size_of(out_shape) + passes * held
+        calls.clear()
+        return total
+
+    return _Plan(step, accumulators, per_example_floats, rec, targets, probed, reasons)
 
 
 def collect_statistics(
@@ -411,21 +619,28 @@ def collect_statistics(
     Args:
       model: a tf_keras model; it is called with ``training=False``.
       data: a ``tf.data.Dataset`` of ``(x, y)`` batches (or single examples) or
-        an ``(x, y)`` tuple of arrays.
+        an ``(x, y)`` tuple of arrays. Under ``MultiWorkerMirroredStrategy``
+        each worker passes its own shard.
       weights: the variables to collect for (default: all trainable weights).
       loss: the per-example loss (default: the compiled loss); see
         :func:`tfstatprune.stats.losses.resolve_loss`.
-      hessian: ``"fisher"`` (moments only) or ``"ggn"`` (also the sampled GGN
-        diagonal; needs a cross-entropy loss); ``None`` is the same as fisher.
+      hessian: ``"fisher"`` (moments only), ``"ggn"`` (also the sampled GGN
+        diagonal; needs a cross-entropy loss) or ``"ggn_exact"`` (the exact GGN
+        diagonal of a cross-entropy over the classes of outputs
+        ``[batch, classes]``: one more backward pass per class); ``None`` is
+        the same as fisher. See the module docstring for the maths and scaling.
       max_examples: use at most this many examples (default: all of ``data``).
       batch_size: examples per chunk (default: from ``memory_budget_mb``).
-      memory_budget_mb: bound on the per-example quantities held for one chunk.
+      memory_budget_mb: bound on the per-example quantities held for one chunk
+        (see ``CollectedStatistics.peak_bytes``).
       closed_form: use the closed-form layer rules (False: generic path only).
       seed: seed for the sampled labels of the GGN estimate.
       verbose: 1 shows a progress bar, 0 is silent.
 
     Returns:
-      :class:`CollectedStatistics`.
+      :class:`CollectedStatistics`; under a ``tf.distribute`` strategy (the one
+      in scope, else the model's), the statistics of all replicas' and workers'
+      examples, the same on every worker.
 
     Raises:
       ValueError: empty data, data not fitting the model, a loss without
@@ -442,67 +657,58 @@ def collect_statistics(
             f"hessian='ggn' samples labels from the model's predictions, which needs a "
             f"cross-entropy loss; the loss is {per_example_loss.name!r}: use hessian='fisher'"
         )
+    if hessian == "ggn_exact" and per_example_loss.label_distribution is None:
+        raise ValueError(
+            f"hessian='ggn_exact' enumerates the labels of the model's predictions, which "
+            f"needs a cross-entropy loss; the loss is {per_example_loss.name!r}: "
+            "use hessian='fisher'"
+        )
     weights = list(model.trainable_weights if weights is None else weights)
     if not weights:
         raise ValueError("there are no weights to collect statistics for")
-    want_ggn = hessian == "ggn"
-    plan = _plan_for(model, weights, loss, per_example_loss, want_ggn, closed_form)
-    step, rec, targets, probed = plan
-    generic = [t for t in targets if t.rule is None]
-    probe_floats = sum(
-        int(np.prod(layer.input_shape[1:])) + int(np.prod(layer.output_shape[1:]))
-        if _static_shapes(layer)
-        else 0
-        for layer in probed
-    )
-    per_example = max(_per_example_floats(targets, probe_floats), 1)
-    if batch_size is None:
-        budget = memory_budget_mb * _MB / _BYTES_PER_FLOAT
-        batch_size = int(max(1, min(MAX_CHUNK, budget // per_example)))
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    want_curvature = hessian != "fisher"
+    strategy = strategy_for(model)
+    plan = _plan_for(model, weights, loss, per_example_loss, hessian, closed_form, strategy)
+    _warn_generic(plan.reasons)
     input_rank = len(model.input_shape) if isinstance(model.input_shape, tuple) else None
-    names = [t.variable.name for t in targets]
-    totals = [
-        WeightStatistics.zeros(tuple(t.variable.shape), with_curvature=want_ggn) for t in targets
-    ]
+    x_spec = _example_spec(data, input_rank)
+    _check_input_shape(model, x_spec)
+    targets = plan.targets
     progbar = keras.utils.Progbar(None, verbose=verbose, unit_name="example")
-    count = 0
-    with _patched_calls(model, probed, rec):
+    with strategy.scope(), _patched_calls(model, plan.probed, plan.rec):
+        per_example = max(plan.per_example_floats(x_spec), 1)
+        if batch_size is None:
+            budget = memory_budget_mb * _MB / _BYTES_PER_FLOAT
+            batch_size = int(max(local_replicas(strategy), min(MAX_CHUNK, budget // per_example)))
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        plan.accumulators.reset()
         for index, (x, y) in enumerate(_iter_chunks(data, batch_size, max_examples, input_rank)):
             if index == 0:
                 _check_input_shape(model, x)
-            sums, sumsqs, curvs, n = step(x, y, tf.constant([seed, index], tf.int64))
-            n = int(n)
-            for i, _ in enumerate(targets):
-                chunk = WeightStatistics(
-                    n,
-                    sums[i].numpy(),
-                    sumsqs[i].numpy(),
-                    curvs[i].numpy() if want_ggn else None,
-                )
-                totals[i] = totals[i].merge(chunk)
-            count += n
+            n = _first_dim(x)
+            plan.step(*distribute_chunk(strategy, x, y, n), tf.constant([seed, index], tf.int64))
             progbar.add(n)
+        totals = plan.accumulators.totals()
+    count = int(round(float(totals[-1])))
     if count == 0:
         raise ValueError("stats_data is empty: pass at least one (x, y) example")
-    result = {
-        name: total._replace(regularizer_curvature=_regularizer_curvature(t))
-        for name, total, t in zip(names, totals, targets, strict=True)
-    }
+    per_target = 3 if want_curvature else 2
+    result = {}
+    for i, t in enumerate(targets):
+        sums = totals[i * per_target : (i + 1) * per_target]
+        result[t.variable.name] = WeightStatistics(
+            count,
+            sums[0],
+            sums[1],
+            sums[2] if want_curvature else None,
+            _regularizer_curvature(t),
+        )
     return CollectedStatistics(
         weights=result,
         count=count,
         chunk_size=batch_size,
         peak_bytes=int(batch_size * per_example * _BYTES_PER_FLOAT),
-        generic=[t.variable.name for t in generic],
+        generic=[t.variable.name for t in targets if t.rule is None],
         seconds=time.perf_counter() - started,
     )
-
-
-def _static_shapes(layer: keras.layers.Layer) -> bool:
-    try:
-        shapes = (layer.input_shape, layer.output_shape)
-    except (AttributeError, RuntimeError):
-        return False
-    return all(isinstance(s, tuple) and all(d is not None for d in s[1:]) for s in shapes)

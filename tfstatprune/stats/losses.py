@@ -1,8 +1,14 @@
-"""Per-example losses and labels sampled from the model's predictive distribution.
+"""Per-example losses and the labels of the model's own predictive distribution.
 
 The statistics need ``m_i``, one loss value per example. A Keras ``Loss``
 object is re-created with ``reduction="none"``; a loss function is used as it
 is; values with extra trailing axes are averaged over them, as Keras does.
+
+For a cross-entropy, the generalized Gauss-Newton matrix is the expected
+outer product of the per-example gradient under labels drawn from the model:
+``GGN_i = E_{y ~ p_i}[g_i(y) g_i(y)^T]``. ``sample_labels`` draws one such label
+per example (an unbiased estimate); ``label_distribution`` enumerates every
+label with its probability (the exact expectation, for class outputs).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ __all__ = ["PerExampleLoss", "resolve_loss"]
 
 LossFn = Callable[[Any, tf.Tensor], tf.Tensor]
 LabelSampler = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
+LabelDistribution = Callable[[tf.Tensor], list[tuple[tf.Tensor, tf.Tensor]]]
 
 _SPARSE_CE = "sparse_categorical_crossentropy"
 _CE = "categorical_crossentropy"
@@ -34,15 +41,19 @@ _PROB_EPS = 1e-7
 
 
 class PerExampleLoss(NamedTuple):
-    """A loss giving one value per example, and how to sample labels for it.
+    """A loss giving one value per example, and the labels of the model's distribution.
 
     ``sample_labels(y_pred, seed)`` returns labels drawn from the model's own
-    predictive distribution (``None`` when the loss is not a cross-entropy).
+    predictive distribution; ``label_distribution(y_pred)`` returns every label
+    ``y`` as ``(labels [B, ...], probabilities [B])`` pairs, ``p_i(y)`` summing
+    to one over the list. Both are ``None`` when the loss is not a
+    cross-entropy.
     """
 
     fn: Callable[[Any, tf.Tensor], tf.Tensor]
     sample_labels: LabelSampler | None
     name: str
+    label_distribution: LabelDistribution | None = None
 
     def __call__(self, y_true: Any, y_pred: tf.Tensor) -> tf.Tensor:
         values = self.fn(y_true, y_pred)
@@ -90,6 +101,41 @@ def _sampler(kind: str, from_logits: bool) -> LabelSampler:
     return sample
 
 
+def _distribution(kind: str, from_logits: bool) -> LabelDistribution:
+    """Every label with its predicted probability, for outputs ``[B, classes]``."""
+
+    def enumerate_labels(y_pred: tf.Tensor) -> list[tuple[tf.Tensor, tf.Tensor]]:
+        y_pred = tf.cast(y_pred, tf.float32)
+        classes = y_pred.shape[-1]
+        if y_pred.shape.rank != 2 or classes is None:
+            raise ValueError(
+                "the exact GGN enumerates the classes of outputs of shape [batch, classes], "
+                f"got {y_pred.shape}: use hessian='ggn' (sampled labels)"
+            )
+        batch = tf.shape(y_pred)[:1]
+        if kind == _BCE:
+            if classes != 1:
+                raise ValueError(
+                    "the exact GGN of a binary cross-entropy needs one output per example, "
+                    f"got {classes}: use hessian='ggn' (sampled labels)"
+                )
+            p = tf.sigmoid(y_pred) if from_logits else tf.clip_by_value(y_pred, 0.0, 1.0)
+            return [(tf.zeros_like(p), 1.0 - p[:, 0]), (tf.ones_like(p), p[:, 0])]
+        if from_logits:
+            p = tf.nn.softmax(y_pred)
+        else:
+            p = y_pred / tf.reduce_sum(y_pred, -1, keepdims=True)
+        pairs = []
+        for c in range(classes):
+            labels = tf.fill(batch, tf.constant(c, tf.int64))
+            if kind != _SPARSE_CE:
+                labels = tf.one_hot(labels, classes, dtype=y_pred.dtype)
+            pairs.append((labels, p[:, c]))
+        return pairs
+
+    return enumerate_labels
+
+
 def resolve_loss(model: keras.Model, loss: Any = None) -> PerExampleLoss:
     """The per-example loss for ``model``: ``loss`` if given, else the compiled one.
 
@@ -124,5 +170,6 @@ def resolve_loss(model: keras.Model, loss: Any = None) -> PerExampleLoss:
     else:
         raise ValueError(f"loss must be a Keras loss, a loss name or a callable, got {loss!r}")
     kind = _CE_KINDS.get(name) or _CE_KINDS.get(getattr(fn, "__name__", ""))
-    sampler = _sampler(kind, from_logits) if kind else None
-    return PerExampleLoss(fn, sampler, name)
+    if kind is None:
+        return PerExampleLoss(fn, None, name)
+    return PerExampleLoss(fn, _sampler(kind, from_logits), name, _distribution(kind, from_logits))

@@ -9,14 +9,15 @@ function of
 - ``sumsq``:  sum_i s_i ** 2            (float64, shape of theta);
 - ``curvature``: sum_i of a per-example curvature estimate of diag H, e.g. the
   squared per-example gradient with a label sampled from the model's own
-  predictive distribution (a Monte-Carlo generalized Gauss-Newton diagonal);
-  ``None`` when not collected;
+  predictive distribution (a Monte-Carlo generalized Gauss-Newton diagonal)
+  or the exact GGN diagonal (the expectation over all labels); ``None`` when
+  not collected;
 - ``regularizer_curvature``: the diagonal Hessian of the weight's regularizer
   (for an L2 penalty ``l2 * sum(theta ** 2)``, ``2 * l2`` everywhere).
 
-Per chunk the accumulators are float32 sums on the device; chunks are merged on
-the host in float64 (:meth:`WeightStatistics.merge`), which keeps the variance
-``sumsq / n - (sum / n) ** 2`` accurate to float64 round-off over the chunks.
+Per chunk the sums are float32 on the device; chunks are added in float64 (on
+the device by the collector, or with :meth:`WeightStatistics.merge`), which
+keeps the variance ``sumsq / n - (sum / n) ** 2`` accurate to float64 round-off over the chunks.
 The loss is a mean over examples in training, ``Q = (1/n) sum_i m_i``; the
 statistics are about the per-example m_i, so they do not depend on how the
 training loss was reduced.
@@ -82,7 +83,10 @@ class WeightStatistics(NamedTuple):
 
     @property
     def ggn(self) -> np.ndarray:
-        """Mean sampled curvature, ``curvature / n`` (a GGN diagonal estimate)."""
+        """Mean curvature, ``curvature / n``: the GGN diagonal (sampled or exact)."""
         if self.curvature is None:
-            raise ValueError("these statistics hold no curvature; collect them with hessian='ggn'")
+            raise ValueError(
+                "these statistics hold no curvature; collect them with hessian='ggn' or "
+                "hessian='ggn_exact'"
+            )
         return self.curvature / max(self.count, 1)

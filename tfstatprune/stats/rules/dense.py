@@ -1,0 +1,61 @@
+"""``Dense``: ``z = a @ W + b``."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from tfstatprune._keras import keras
+from tfstatprune.stats.rules.base import (
+    BatchMoments,
+    GradientRule,
+    moments_of,
+    outer_moments,
+    size_of,
+)
+
+__all__ = ["DenseRule"]
+
+
+class DenseRule(GradientRule):
+    """``Dense``: ``z = a @ W + b``.
+
+    Shapes: ``a`` is ``[B, I]`` (or ``[B, T..., I]``), ``delta`` is ``[B, O]``
+    (or ``[B, T..., O]``). Per example ``g_i(W) = a_i^T delta_i`` and
+    ``g_i(b) = sum_t delta_it``. For rank-2 inputs
+    ``sum_i g_i(W) ** 2 = (a ** 2)^T (delta ** 2)`` at the cost of one matmul;
+    for higher ranks the per-example outer products are summed over T first
+    (``[B, I, O]`` floats per chunk).
+    """
+
+    def weights(self, layer: keras.layers.Layer) -> dict[str, tf.Variable]:
+        found = {"kernel": layer.kernel}
+        if layer.use_bias:
+            found["bias"] = layer.bias
+        return found
+
+    def per_example_floats(
+        self,
+        layer: keras.layers.Layer,
+        input_shape: tf.TensorShape,
+        output_shape: tf.TensorShape,
+    ) -> int:
+        if tf.TensorShape(input_shape).rank == 1:
+            return 0
+        return size_of(layer.kernel.shape)
+
+    def moments(
+        self, layer: keras.layers.Layer, inputs: tf.Tensor, delta: tf.Tensor
+    ) -> dict[str, BatchMoments]:
+        a = tf.cast(inputs, delta.dtype)
+        out: dict[str, BatchMoments] = {}
+        if a.shape.rank == 2:
+            out["kernel"] = outer_moments(a, delta)
+            bias_per_example = delta
+        else:
+            a3 = tf.reshape(a, [tf.shape(a)[0], -1, tf.shape(a)[-1]])
+            d3 = tf.reshape(delta, [tf.shape(delta)[0], -1, tf.shape(delta)[-1]])
+            out["kernel"] = moments_of(tf.einsum("bti,bto->bio", a3, d3))
+            bias_per_example = tf.reduce_sum(d3, 1)
+        if layer.use_bias:
+            out["bias"] = moments_of(bias_per_example)
+        return out
