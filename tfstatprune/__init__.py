@@ -33,6 +33,7 @@ from tfstatprune.keras import (
 )
 from tfstatprune.masking import compute_masks
 from tfstatprune.schedules import IterativeSparsity, OneShotSparsity
+from tfstatprune.shrink import shrink
 from tfstatprune.stats import collect_statistics
 
 __version__ = "0.1.0"
@@ -56,6 +57,7 @@ __all__ = [
     "register_criterion",
     "schedules",
     "scores",
+    "shrink",
     "stats",
     "strip_pruning",
     "wald_pvalues",
