@@ -17,7 +17,7 @@ import numpy as np
 from tflite_export import _data
 from tflite_export._table import kib, table
 from tflite_export.flatbuffer import Storage, inspect_weights, read_tflite
-from tflite_export.runtime import RUNTIME_NAME, Loaded, load, quantize_input
+from tflite_export.runtime import RUNTIME_NAME, Loaded, load, predict, quantize_input
 
 __all__ = ["ANDROID_DIR", "BenchmarkResult", "ModelTiming", "android_command", "benchmark"]
 
@@ -270,6 +270,4 @@ def _interleaved(models: list[Loaded], runs: int, warmup: int) -> list[list[int]
 
 
 def _accuracy(model: Loaded, x: np.ndarray, labels: np.ndarray) -> float:
-    from tflite_export.runtime import predict
-
     return float(np.mean(predict(model.interpreter, x).argmax(-1) == labels))

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from tflite_export import _data
 from tflite_export._table import kib, table
-from tflite_export.flatbuffer import Storage, WeightTensor, inspect_weights
+from tflite_export.flatbuffer import Storage, WeightTensor, inspect_weights, read_tflite
 from tflite_export.runtime import RUNTIME_XNNPACK, load, predict
 
 __all__ = [
@@ -426,8 +426,6 @@ def validate(
     if isinstance(tflite, bytes | bytearray):
         content, name = bytes(tflite), "model"
     else:
-        from tflite_export.flatbuffer import read_tflite
-
         content, name = read_tflite(tflite), str(tflite)
     x = _data.examples(inputs, _example_shape(model), VALIDATION_EXAMPLES)
     return _compare(model, content, name, x, "inputs", quantize, atol)
