@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
@@ -11,7 +12,9 @@ from scipy import stats as scipy_stats
 import tfstatprune as tsp
 from tfstatprune._keras import keras
 from tfstatprune.criteria import get_criterion, obd, wald, wald_pvalues
+from tfstatprune.granularity import group_ids
 from tfstatprune.stats import WeightStatistics
+from tfstatprune.stats.kronecker import KroneckerFactors
 
 
 def _softmax_regression(rng, n=200, d=4, k=3):
@@ -93,7 +96,7 @@ def test_random_is_seeded_and_distinct_per_seed():
 
 
 @pytest.mark.parametrize("name", tsp.available_criteria())
-@pytest.mark.parametrize("hessian", ["fisher", "ggn"])
+@pytest.mark.parametrize("hessian", ["fisher", "ggn", "ggn_exact"])
 def test_every_registered_criterion_honours_the_contract(name, hessian):
     rng = np.random.default_rng(5)
     theta = rng.normal(size=(6, 3))
@@ -101,10 +104,17 @@ def test_every_registered_criterion_honours_the_contract(name, hessian):
     n = 10
     grads = rng.normal(size=(n, 6, 3))
     grads[:, 1, 1] = 0.0  # a weight the data never moves
-    stats = WeightStatistics(n, grads.sum(0), (grads**2).sum(0), curvature=(grads**2).sum(0) * 0.9)
+    a = rng.normal(size=(20 * n, 6))
+    a[:, 1] = 0.0  # an input that is always zero
+    d = rng.normal(size=(20 * n, 3))
+    factors = KroneckerFactors(20 * n, a.T @ a, d.T @ d, 0.9 * d.T @ d, has_bias=False)
+    stats = WeightStatistics(
+        n, grads.sum(0), (grads**2).sum(0), curvature=(grads**2).sum(0) * 0.9, kronecker=factors
+    )
     crit = get_criterion(name)
-    options = {"hessian": hessian} if crit.statistics({}) is not None else {}
-    need = crit.statistics(options)
+    takes_hessian = "hessian" in inspect.signature(crit.fn).parameters
+    options = {"hessian": hessian} if takes_hessian else {}
+    need = crit.request(options)
     got = crit(theta, stats if need else None, **options)
     assert got.shape == theta.shape
     assert got.dtype == np.float64
@@ -112,7 +122,14 @@ def test_every_registered_criterion_honours_the_contract(name, hessian):
     np.testing.assert_array_equal(got, crit(theta, stats if need else None, **options))
     if need is not None:
         assert got[0, 0] == 0.0  # theta = 0 carries no evidence
+    if need is not None and not need.kronecker:
         assert got[1, 1] == 0.0  # nor does a weight without curvature
+    if need is not None and need.kronecker:  # an input that is always zero ranks last
+        flat = crit(np.ones_like(theta), stats, **options)
+        assert np.all(flat[1] < flat[2:].min())
+    grouping = group_ids(theta.shape, "unit")
+    groups = crit.group_scores([theta], [stats if need else None], [grouping], **options)
+    assert groups.shape == (3,) and np.all(np.isfinite(groups))
 
 
 def test_registry_names_unknown_criteria_and_refuses_overwrite():

@@ -35,6 +35,7 @@ import numpy as np
 
 __all__ = [
     "SCOPES",
+    "check_sparsity",
     "compute_masks",
     "mask_sparsity",
     "round_half_up",
@@ -85,6 +86,15 @@ def _check_sparsity(value: object, what: str) -> float:
             f"prune everything), got {value}."
         )
     return value
+
+
+def check_sparsity(value: object, what: str = "sparsity") -> float:
+    """``value`` as a float in [0, 1); a ValueError naming ``what`` otherwise.
+
+    >>> check_sparsity(0.9)
+    0.9
+    """
+    return _check_sparsity(value, what)
 
 
 def _check_min_kept(min_kept: object) -> int:

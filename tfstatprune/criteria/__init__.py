@@ -1,6 +1,8 @@
 """Pruning criteria: pure functions ``(theta, stats, **options) -> scores`` (higher = keep)."""
 
+from tfstatprune.criteria import block as _block  # noqa: F401  (registers criteria)
 from tfstatprune.criteria import classic as _classic  # noqa: F401  (registers criteria)
+from tfstatprune.criteria.block import obs, wald_block
 from tfstatprune.criteria.classic import magnitude, obd, random
 from tfstatprune.criteria.registry import (
     Criterion,
@@ -16,9 +18,11 @@ __all__ = [
     "curvature_diagonal",
     "get_criterion",
     "magnitude",
+    "obs",
     "obd",
     "random",
     "register_criterion",
     "wald",
+    "wald_block",
     "wald_pvalues",
 ]

@@ -24,11 +24,20 @@ __all__ = [
     "get_criterion",
     "register_criterion",
     "HESSIAN_OPTION",
+    "StatsRequest",
 ]
 
 CriterionFn = Callable[..., np.ndarray]
 GroupFn = Callable[..., np.ndarray]
+UpdateFn = Callable[..., tuple[np.ndarray, np.ndarray | None]]
 HESSIAN_OPTION = "hessian"
+
+
+class StatsRequest(NamedTuple):
+    """Which statistics a criterion needs: a curvature, and Kronecker factors or not."""
+
+    hessian: str = "fisher"
+    kronecker: bool = False
 
 
 def _needs_nothing(options: Mapping[str, Any]) -> str | None:
@@ -46,19 +55,31 @@ class Criterion(NamedTuple):
     Attributes:
       name: registry name.
       fn: ``fn(theta, stats, **options) -> scores``.
-      statistics: ``statistics(options) -> None | "fisher" | "ggn"``: which
-        statistics the criterion needs for these options (None: none at all).
+      statistics: ``statistics(options)`` says which statistics the criterion
+        needs for these options: None (none at all), a ``hessian`` name
+        (``"fisher"``, ``"ggn"``, ``"ggn_exact"``) or a :class:`StatsRequest`.
       group: how the score of a group (unit, filter, block) follows from its
         members: ``"sum"`` of the per-entry scores (a Wald statistic with a
         diagonal covariance: chi-square with |g| degrees of freedom), ``"l2"``
         (``sqrt`` of the sum of squared per-entry scores: a group L2 norm), or
         a function ``(thetas, stats, groupings, **options) -> [groups]``.
+      update: optional weight update after pruning (the restricted estimator):
+        ``update(kernel, bias, stats, keep, **options) -> (kernel, bias)``,
+        ``keep`` the ``[I(+1), O]`` free set (bias row last when there is one).
     """
 
     name: str
     fn: CriterionFn
-    statistics: Callable[[Mapping[str, Any]], str | None]
+    statistics: Callable[[Mapping[str, Any]], str | StatsRequest | None]
     group: str | GroupFn = "sum"
+    update: UpdateFn | None = None
+
+    def request(self, options: Mapping[str, Any]) -> StatsRequest | None:
+        """The statistics needed for ``options``, as a :class:`StatsRequest` (or None)."""
+        needs = self.statistics(options)
+        if needs is None or isinstance(needs, StatsRequest):
+            return needs
+        return StatsRequest(hessian=needs)
 
     def __call__(
         self, theta: np.ndarray, stats: WeightStatistics | None = None, **options: Any
@@ -93,6 +114,7 @@ def register_criterion(
     *,
     statistics: Callable[[Mapping[str, Any]], str | None] | str | None = "fisher",
     group: str | GroupFn = "sum",
+    update: UpdateFn | None = None,
     overwrite: bool = False,
 ) -> Callable[[CriterionFn], CriterionFn]:
     """Decorator registering ``fn`` under ``name``.
@@ -100,14 +122,17 @@ def register_criterion(
     Args:
       name: the name users pass as ``criterion=``.
       statistics: None (needs no statistics), ``"fisher"``/``"ggn"`` (always
-        needs those), or a function of the options returning one of those.
+        needs those), a :class:`StatsRequest`, or a function of the options
+        returning one of those.
+      group: the group form (see :class:`Criterion`).
+      update: the weight update after pruning (see :class:`Criterion`).
       overwrite: replace an existing entry instead of raising.
     """
     if statistics is None:
         needs = _needs_nothing
-    elif isinstance(statistics, str):
+    elif isinstance(statistics, (str, StatsRequest)):
 
-        def needs(options: Mapping[str, Any], _fixed: str = statistics) -> str | None:
+        def needs(options: Mapping[str, Any], _fixed: Any = statistics) -> Any:
             return _fixed
 
     else:
@@ -116,7 +141,7 @@ def register_criterion(
     def decorate(fn: CriterionFn) -> CriterionFn:
         if name in _CRITERIA and not overwrite:
             raise ValueError(f"criterion {name!r} is already registered; pass overwrite=True")
-        _CRITERIA[name] = Criterion(name, fn, needs, group)
+        _CRITERIA[name] = Criterion(name, fn, needs, group, update)
         return fn
 
     return decorate

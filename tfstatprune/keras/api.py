@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import tensorflow_model_optimization as tfmot
@@ -12,13 +12,28 @@ from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wra
 from tfstatprune._keras import keras, require_tf_keras_model
 from tfstatprune.granularity import Granularity, expand
 from tfstatprune.keras.layers import select_layers
-from tfstatprune.keras.scoring import decide_masks, mask_units, resolve_criterion, score_units
+from tfstatprune.keras.scoring import (
+    MaskUnit,
+    decide_masks,
+    mask_units,
+    resolve_criterion,
+    restricted_updates,
+    score_units,
+)
 from tfstatprune.keras.wrapper import SCOPES, PruneStatistically, schedule_objects
+from tfstatprune.masking import check_sparsity
 from tfstatprune.schedules import OneShotSparsity
 from tfstatprune.stats import check_stats_data
+from tfstatprune.stopping import DEFAULT_ALPHA, SparsityChoice, choose_sparsity
+
+DEFAULT_SUBSTEPS = 4
+DEFAULT_MIN_WEIGHTS_PER_CLASS = 1
+DEFAULT_AUTO_LEVELS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99)
 
 __all__ = [
+    "AutoPruneResult",
     "copy_model",
+    "prune_auto",
     "prune_once",
     "prune_scope",
     "prune_statistically",
@@ -59,6 +74,7 @@ def prune_statistically(
     prune_bias: bool = False,
     granularity: Granularity = "weight",
     layers: Sequence[str] | None = None,
+    min_weights_per_class: int = DEFAULT_MIN_WEIGHTS_PER_CLASS,
     **options: Any,
 ) -> keras.Model:
     """Wrap every prunable layer of a copy of ``model`` for statistical pruning.
@@ -84,6 +100,8 @@ def prune_statistically(
         ``(1, 4)`` / ``(1, 16)`` of a Dense kernel's inputs; with a structured
         granularity the sparsity counts groups.
       layers: names of the layers to prune (default: every prunable layer).
+      min_weights_per_class: with ``granularity="weight"``, the output layer
+        keeps at least this many weights per output unit (0: off).
       **options: criterion options, e.g. ``hessian="ggn"``.
 
     Returns:
@@ -103,11 +121,12 @@ def prune_statistically(
     crit = resolve_criterion(criterion, options)
     if pruning_schedule is None:
         pruning_schedule = OneShotSparsity(0.5)
-    if crit.statistics(options) is not None and stats_data is not None:
+    if crit.request(options) is not None and stats_data is not None:
         check_stats_data(model, stats_data)
     chosen = select_layers(model, layers)
     mask_units(chosen, granularity, prune_bias=prune_bias)  # fails early on a misfit
     chosen_names = {layer.name for layer in chosen}
+    guarded = set(model.output_names) if granularity == "weight" else set()
     private = copy_model(model)
 
     def wrap(layer: keras.layers.Layer) -> keras.layers.Layer:
@@ -122,6 +141,7 @@ def prune_statistically(
                 scope=scope,
                 prune_bias=prune_bias,
                 granularity=granularity,
+                keep_per_unit=min_weights_per_class if layer.name in guarded else 0,
             )
         return layer
 
@@ -175,13 +195,17 @@ def scores(
 def prune_once(
     model: keras.Model,
     stats_data: Any,
-    sparsity: float,
+    sparsity: float | str,
     criterion: Any = "wald",
     scope: str = "layer",
     *,
     granularity: Granularity = "weight",
     prune_bias: bool = False,
     layers: Sequence[str] | None = None,
+    min_weights_per_class: int = DEFAULT_MIN_WEIGHTS_PER_CLASS,
+    substeps: int | None = None,
+    holdout: Any = None,
+    alpha: float = DEFAULT_ALPHA,
     loss: Any = None,
     max_examples: int | None = None,
     batch_size: int | None = None,
@@ -197,46 +221,204 @@ def prune_once(
         batches (may be None for criteria needing no statistics).
       sparsity: fraction of each layer's (``scope="layer"``) or of all
         (``"global"``) prunable weights -- or groups, with a structured
-        granularity -- to set to zero, in [0, 1).
+        granularity -- to set to zero, in [0, 1); or ``"auto"``: the highest
+        level not significantly worse than the dense model on ``holdout``
+        (see :func:`prune_auto`, whose report is printed).
       criterion: a criterion name or callable.
       scope: ``"layer"`` or ``"global"``.
       granularity: ``"weight"``, ``"unit"``, ``"filter"``, ``"channel"``,
         ``(1, 4)`` or ``(1, 16)``.
       prune_bias: also prune biases (implied by units and filters).
       layers: names of the layers to prune (default: all prunable).
+      min_weights_per_class: with ``granularity="weight"``, the output layer
+        keeps at least this many weights per output unit (class), so no class
+        loses all its connections; 0 turns it off.
+      substeps: prune in this many steps of geometrically shrinking density,
+        the statistics recomputed between them (default: 4 for criteria that
+        update the surviving weights -- ``wald_block``, ``obs`` -- else 1).
+      holdout: ``(x, y)`` held-out data for ``sparsity="auto"``.
+      alpha: the test level for ``sparsity="auto"``.
       loss: per-example loss (default: the compiled loss).
       max_examples: use at most this many examples for the statistics.
       batch_size: examples per statistics chunk.
       seed: seed for sampled labels and the ``random`` criterion.
       verbose: 1 shows the statistics progress bar.
-      **options: criterion options (``hessian="ggn"``, ...).
+      **options: criterion options (``hessian="ggn"``, ``damping=...``, ...).
 
     Returns:
       A copy of ``model`` with exactly ``round(sparsity * N)`` weights (or
-      groups) zeroed per layer (at least one kept), weights otherwise unchanged.
+      groups) zeroed per layer (at least one kept); criteria with an update
+      (``wald_block``, ``obs``) also move the surviving weights to the
+      restricted estimator.
     """
-    model = _require_graph_model(model)
-    _check_scope(scope)
-    units = mask_units(select_layers(model, layers), granularity, prune_bias=prune_bias)
-    result = score_units(
-        model,
-        units,
-        stats_data,
-        criterion,
-        options,
+    settings = dict(
+        criterion=criterion,
+        scope=scope,
+        granularity=granularity,
+        prune_bias=prune_bias,
+        layers=layers,
+        min_weights_per_class=min_weights_per_class,
+        substeps=substeps,
         loss=loss,
         max_examples=max_examples,
         batch_size=batch_size,
         seed=seed,
         verbose=verbose,
+        **options,
     )
-    masks = decide_masks(units, result.scores, sparsity, scope=scope)
+    if isinstance(sparsity, str):
+        if sparsity != "auto":
+            raise ValueError(f"sparsity must be a number in [0, 1) or 'auto', got {sparsity!r}")
+        result = prune_auto(model, stats_data, holdout, alpha=alpha, **settings)
+        print(result)
+        return result.model
+    return _prune_copy(model, stats_data, sparsity, **settings)
+
+
+def _substep_levels(sparsity: float, steps: int) -> list[float]:
+    """Sparsities ``1 - (1 - s)^(t / T)``, t = 1..T: equal ratios of surviving weights."""
+    if steps < 1:
+        raise ValueError(f"substeps must be >= 1, got {steps}")
+    density = 1.0 - float(sparsity)
+    return [1.0 - density ** (t / steps) for t in range(1, steps)] + [float(sparsity)]
+
+
+def _output_kernels(
+    model: keras.Model, units: Sequence[MaskUnit], granularity: Granularity, count: int
+) -> dict[str, int]:
+    """``{kernel name: count}`` for the output layers' kernels (elementwise masks only)."""
+    if count <= 0 or granularity != "weight":
+        return {}
+    outputs = set(model.output_names)
+    found = {}
+    for unit in units:
+        kernel = getattr(unit.layer, "kernel", None)
+        if unit.layer.name in outputs and kernel is not None and unit.key == kernel.name:
+            found[kernel.name] = count
+    return found
+
+
+def _prune_copy(
+    model: keras.Model,
+    stats_data: Any,
+    sparsity: float,
+    *,
+    criterion: Any,
+    scope: str,
+    granularity: Granularity,
+    prune_bias: bool,
+    layers: Sequence[str] | None,
+    min_weights_per_class: int,
+    substeps: int | None,
+    loss: Any,
+    max_examples: int | None,
+    batch_size: int | None,
+    seed: int,
+    verbose: int,
+    **options: Any,
+) -> keras.Model:
+    model = _require_graph_model(model)
+    _check_scope(scope)
+    crit = resolve_criterion(criterion, options)
+    if substeps is None:
+        substeps = DEFAULT_SUBSTEPS if crit.update is not None else 1
+    levels = _substep_levels(check_sparsity(sparsity), substeps)
     pruned = copy_model(model)
+    if loss is None:
+        loss = getattr(model, "loss", None)  # the copy is not compiled
+    units = mask_units(select_layers(pruned, layers), granularity, prune_bias=prune_bias)
+    protect = _output_kernels(pruned, units, granularity, min_weights_per_class)
     by_name = {w.name: w for w in pruned.weights}
-    for name, mask in masks.items():
-        target = by_name[name]
-        target.assign(target.numpy() * mask.astype(target.dtype.as_numpy_dtype))
+    masks = None
+    for step, level in enumerate(levels):
+        result = score_units(
+            pruned,
+            units,
+            stats_data,
+            crit,
+            options,
+            loss=loss,
+            max_examples=max_examples,
+            batch_size=batch_size,
+            seed=seed,
+            step=step,
+            verbose=verbose,
+        )
+        masks = decide_masks(
+            units, result.scores, level, scope=scope, previous=masks, keep_per_column=protect
+        )
+        for name, value in restricted_updates(
+            units, crit, result.statistics, masks, options
+        ).items():
+            by_name[name].assign(np.asarray(value, by_name[name].dtype.as_numpy_dtype))
+        for name, mask in masks.items():
+            target = by_name[name]
+            target.assign(target.numpy() * mask.astype(target.dtype.as_numpy_dtype))
     return pruned
+
+
+class AutoPruneResult(NamedTuple):
+    """What :func:`prune_auto` returns: the chosen model, its sparsity and the tests."""
+
+    model: keras.Model
+    sparsity: float
+    choice: SparsityChoice
+
+    def __str__(self) -> str:
+        return (
+            f"sparsity='auto': chose {self.sparsity:.1%} (one-sided McNemar test vs the dense "
+            f"model, level {self.choice.alpha})\n{self.choice}"
+        )
+
+
+def _correct(model: keras.Model, data: Any) -> np.ndarray:
+    x, y = data[0], np.asarray(data[1])
+    predictions = np.asarray(model.predict(x, verbose=0, batch_size=1024))
+    if predictions.ndim == 2 and predictions.shape[1] > 1:
+        labels = y.argmax(-1) if y.ndim == 2 else y.reshape(-1)
+        return predictions.argmax(-1) == labels
+    return (predictions.reshape(-1) > 0.5) == (y.reshape(-1) > 0.5)
+
+
+def prune_auto(
+    model: keras.Model,
+    stats_data: Any,
+    holdout: Any,
+    *,
+    levels: Sequence[float] = DEFAULT_AUTO_LEVELS,
+    alpha: float = DEFAULT_ALPHA,
+    **settings: Any,
+) -> AutoPruneResult:
+    """Prune at increasing levels; stop before the first significantly worse one.
+
+    Each level is a one-shot :func:`prune_once` of ``model``; its predictions on
+    ``holdout`` are paired with the dense model's and compared by a one-sided
+    McNemar test (:mod:`tfstatprune.stopping`). The result is the highest level
+    before the first rejection at ``alpha`` (the dense copy when the first level
+    is already worse).
+
+    Args:
+      model, stats_data: as in :func:`prune_once`.
+      holdout: ``(x, y)`` arrays the statistics did not see (classification).
+      levels: the sparsities to try, in increasing order.
+      alpha: the test's level.
+      **settings: the other arguments of :func:`prune_once`.
+    """
+    if holdout is None:
+        raise ValueError(
+            "sparsity='auto' compares predictions on held-out data: pass holdout=(x, y)"
+        )
+    dense_correct = _correct(model, holdout)
+    correct_at, models = {}, {}
+    chosen = SparsityChoice(0.0, {}, alpha)
+    for level in sorted(levels):
+        models[level] = _prune_copy(model, stats_data, level, **settings)
+        correct_at[level] = _correct(models[level], holdout)
+        chosen = choose_sparsity(dense_correct, correct_at, alpha)
+        if chosen.sparsity != level:
+            break
+    best = models.get(chosen.sparsity) or copy_model(model)
+    return AutoPruneResult(best, chosen.sparsity, chosen)
 
 
 def strip_pruning(model: keras.Model) -> keras.Model:

@@ -7,13 +7,20 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from tensorflow_model_optimization.python.core.sparsity.keras import (
     pruning_callbacks,
     pruning_wrapper,
 )
 
 from tfstatprune._keras import keras
-from tfstatprune.keras.scoring import decide_masks, mask_units, score_units
+from tfstatprune.keras.scoring import (
+    decide_masks,
+    mask_units,
+    resolve_criterion,
+    restricted_updates,
+    score_units,
+)
 from tfstatprune.keras.wrapper import PruneStatistically
 from tfstatprune.schedules import schedule_decision
 
@@ -150,7 +157,29 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
                 owner = {v.name: w.layer.name for w in wrappers for v, _, _ in w.pruning_vars}
                 sparsity = {u.key: level[owner[u.weights[0].name]] for u in units}
             previous = {k: v for w in wrappers for k, v in w.current_masks().items()}
-            masks = decide_masks(units, result.scores, sparsity, scope=scope, previous=previous)
+            protect = {
+                w.layer.kernel.name: w.keep_per_unit
+                for w in wrappers
+                if w.keep_per_unit > 0 and granularity == "weight" and hasattr(w.layer, "kernel")
+            }
+            masks = decide_masks(
+                units,
+                result.scores,
+                sparsity,
+                scope=scope,
+                previous=previous,
+                keep_per_column=protect,
+            )
+            updates = restricted_updates(
+                units,
+                resolve_criterion(first.criterion, first.criterion_options),
+                result.statistics,
+                masks,
+                first.criterion_options,
+            )
+            variables = {v.name: v for w in wrappers for v in w.layer.weights}
+            for name, value in updates.items():
+                variables[name].assign(np.asarray(value, variables[name].dtype.as_numpy_dtype))
             for wrapper in wrappers:
                 wrapper.set_masks(masks, step)
         record = {

@@ -37,6 +37,7 @@ __all__ = [
     "ScoringResult",
     "decide_masks",
     "mask_units",
+    "restricted_updates",
     "resolve_criterion",
     "score_units",
 ]
@@ -51,11 +52,13 @@ class MaskUnit(NamedTuple):
       key: the weight's name (elementwise) or the layer's name (grouped).
       weights: the member tensors.
       groupings: their group ids, or None when entries are ranked one by one.
+      layer: the layer they belong to.
     """
 
     key: str
     weights: list[tf.Variable]
     groupings: list[Grouping] | None
+    layer: keras.layers.Layer
 
 
 class ScoringResult(NamedTuple):
@@ -114,7 +117,7 @@ def mask_units(
             else prunable_weights(layer, prune_bias=with_bias)
         )
         if granularity == "weight":
-            units.extend(MaskUnit(w.name, [w], None) for w in members)
+            units.extend(MaskUnit(w.name, [w], None, layer) for w in members)
             continue
         bias = getattr(layer, "bias", None)
         groupings = []
@@ -124,7 +127,7 @@ def mask_units(
                 groupings.append(group_ids(w.shape, granularity, bias=is_bias))
         except ValueError as error:
             raise ValueError(f"layer {layer.name!r}: {error}") from None
-        units.append(MaskUnit(layer.name, members, groupings))
+        units.append(MaskUnit(layer.name, members, groupings, layer))
     return units
 
 
@@ -149,7 +152,7 @@ def score_units(
     """
     options = dict(options or {})
     crit = resolve_criterion(criterion, options)
-    needs = crit.statistics(options)
+    needs = crit.request(options)
     weights = [w for unit in units for w in unit.weights]
     statistics = None
     if needs is not None:
@@ -163,7 +166,8 @@ def score_units(
             stats_data,
             weights=weights,
             loss=loss,
-            hessian=needs,
+            hessian=needs.hessian,
+            kronecker=needs.kronecker,
             max_examples=max_examples,
             batch_size=batch_size,
             seed=seed + step,
@@ -195,13 +199,20 @@ def decide_masks(
     *,
     scope: str = "layer",
     previous: Mapping[str, np.ndarray] | None = None,
+    keep_per_column: Mapping[str, int] | None = None,
 ) -> dict[str, np.ndarray]:
     """Masks (by weight name, 1 keep / 0 pruned, float32) from the units' scores.
 
     Ties are broken by ``|theta|`` (a group's L2 norm); ``previous`` masks by
     weight name stay pruned (a group counts as pruned when all its entries are).
-    ``sparsity`` may map unit keys to levels (layer scope).
+    ``sparsity`` may map unit keys to levels (layer scope). ``keep_per_column``
+    maps elementwise kernel names to a number of entries per output unit
+    (column) that are never pruned: the best-scoring ones.
     """
+    scores = dict(scores)
+    for name, count in (keep_per_column or {}).items():
+        if name in scores and count > 0 and np.ndim(scores[name]) == 2:
+            scores[name] = _protect_columns(scores[name], count)
     tiebreak, prev = {}, {}
     for unit in units:
         thetas = [np.abs(w.numpy()) for w in unit.weights]
@@ -225,3 +236,48 @@ def decide_masks(
             for w, grouping in zip(unit.weights, unit.groupings, strict=True):
                 masks[w.name] = expand(keep[unit.key], grouping).astype(np.float32)
     return masks
+
+
+def _protect_columns(scores: np.ndarray, count: int) -> np.ndarray:
+    """``scores`` with the ``count`` best entries of each column raised to +inf."""
+    protected = np.array(scores, np.float64)
+    count = min(count, protected.shape[0])
+    best = np.argsort(-protected, axis=0, kind="stable")[:count]
+    np.put_along_axis(protected, best, np.inf, axis=0)
+    return protected
+
+
+def restricted_updates(
+    units: Sequence[MaskUnit],
+    criterion: Criterion,
+    statistics: CollectedStatistics | None,
+    masks: Mapping[str, np.ndarray],
+    options: Mapping[str, Any] | None = None,
+) -> dict[str, np.ndarray]:
+    """New values (by weight name) of kernels and biases from the criterion's update.
+
+    For criteria with an ``update`` (the restricted estimator of ``wald_block``
+    and ``obs``) and layers with Kronecker statistics: the survivors of each
+    output unit are re-fitted under the new masks. Empty otherwise.
+    """
+    if criterion.update is None or statistics is None:
+        return {}
+    found: dict[str, np.ndarray] = {}
+    for unit in units:
+        layer = unit.layer
+        kernel = getattr(layer, "kernel", None)
+        stats = statistics.weights.get(kernel.name) if kernel is not None else None
+        if stats is None or stats.kronecker is None or kernel.name in found:
+            continue
+        bias = getattr(layer, "bias", None) if stats.kronecker.has_bias else None
+        keep = np.asarray(masks.get(kernel.name, np.ones(kernel.shape)), bool)
+        if bias is not None:
+            bias_keep = np.asarray(masks.get(bias.name, np.ones(bias.shape)), bool)
+            keep = np.vstack([keep, bias_keep[None, :]])
+        new_kernel, new_bias = criterion.update(
+            kernel.numpy(), None if bias is None else bias.numpy(), stats, keep, **(options or {})
+        )
+        found[kernel.name] = new_kernel
+        if bias is not None:
+            found[bias.name] = new_bias
+    return found

@@ -85,6 +85,9 @@ class PruneStatistically(pruning_wrapper.PruneLowMagnitude):
       prune_bias: also mask the layer's bias (implied by units and filters).
       granularity: ``"weight"``, ``"unit"``, ``"filter"``, ``"channel"`` or a
         block ``(1, 4)`` / ``(1, 16)``; see :mod:`tfstatprune.granularity`.
+      keep_per_unit: with elementwise masks, the number of kernel entries per
+        output unit that are never pruned (the output layer's guard against a
+        class losing all its connections).
       **kwargs: passed to tfmot's wrapper (``block_size``, ...).
 
     Example:
@@ -107,6 +110,7 @@ class PruneStatistically(pruning_wrapper.PruneLowMagnitude):
         scope: str = "layer",
         prune_bias: bool = False,
         granularity: Any = "weight",
+        keep_per_unit: int = 0,
         **kwargs: Any,
     ) -> None:
         if pruning_schedule is None:
@@ -120,6 +124,7 @@ class PruneStatistically(pruning_wrapper.PruneLowMagnitude):
         self.scope = scope
         self.granularity = check_granularity(granularity)
         self.prune_bias = bool(prune_bias) or groups_follow_bias(self.granularity)
+        self.keep_per_unit = int(keep_per_unit)
 
     def build(self, input_shape: Any) -> None:
         if self.prune_bias:
@@ -189,6 +194,7 @@ class PruneStatistically(pruning_wrapper.PruneLowMagnitude):
             criterion_options=dict(self.criterion_options),
             scope=self.scope,
             prune_bias=self.prune_bias,
+            keep_per_unit=self.keep_per_unit,
             granularity=list(self.granularity)
             if isinstance(self.granularity, tuple)
             else self.granularity,

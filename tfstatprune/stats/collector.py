@@ -52,6 +52,7 @@ from tfstatprune.stats.distribute import (
     local_replicas,
     strategy_for,
 )
+from tfstatprune.stats.kronecker import KroneckerFactors
 from tfstatprune.stats.losses import PerExampleLoss, resolve_loss
 from tfstatprune.stats.moments import WeightStatistics
 from tfstatprune.stats.registry import rule_for
@@ -396,6 +397,7 @@ class _Plan(NamedTuple):
     targets: list[_Target]
     probed: list[keras.layers.Layer]
     reasons: dict[type, str]
+    kron_layers: list[keras.layers.Layer]
 
 
 # Plans live on the model itself (an untracked attribute), so a model and its
@@ -411,15 +413,18 @@ def _plan_for(
     hessian: str,
     closed_form: bool,
     strategy: tf.distribute.Strategy,
+    kronecker: bool = False,
 ) -> _Plan:
     """The cached plan for this model, weights, loss, curvature and strategy, or a new one."""
-    key = (tuple(id(v) for v in weights), id(loss), hessian, closed_form, id(strategy))
+    key = (tuple(id(v) for v in weights), id(loss), hessian, closed_form, id(strategy), kronecker)
     plans = model.__dict__.get(_PLANS_ATTRIBUTE)
     if plans is None:
         plans = {}
         object.__setattr__(model, _PLANS_ATTRIBUTE, plans)
     if key not in plans:
-        plans[key] = _build_plan(model, weights, per_example_loss, hessian, closed_form, strategy)
+        plans[key] = _build_plan(
+            model, weights, per_example_loss, hessian, closed_form, strategy, kronecker
+        )
     return plans[key]
 
 
@@ -430,6 +435,7 @@ def _build_plan(
     hessian: str,
     closed_form: bool,
     strategy: tf.distribute.Strategy,
+    kronecker: bool = False,
 ) -> _Plan:
     targets, reasons = _targets(model, weights, closed_form)
     rules = {id(t.layer): t.rule for t in targets if t.rule is not None}
@@ -440,6 +446,16 @@ def _build_plan(
     shapes = []
     for t in targets:
         shapes += [t.variable.shape] * (3 if want_curvature else 2)
+    kron_layers = [
+        layer
+        for layer in probed
+        if kronecker
+        and rules[id(layer)].kronecker_shapes(layer) is not None
+        and any(t.layer is layer and t.role == "kernel" for t in targets)
+    ]
+    for layer in kron_layers:
+        n_in, n_out = rules[id(layer)].kronecker_shapes(layer)
+        shapes += [(n_in, n_in), (n_out, n_out)] + ([(n_out, n_out)] if want_curvature else [])
     accumulators = Accumulators(strategy, [*shapes, []])
 
     def forward(x: Any) -> tf.Tensor:
@@ -492,19 +508,36 @@ def _build_plan(
         inputs = [calls[id(layer)][0] for layer in probed]
         zs = [calls[id(layer)][1] for layer in probed]
 
-        def moments_at(objective: tf.Tensor) -> dict:
+        def moments_at(objective: tf.Tensor) -> tuple[dict, dict]:
             deltas = tape.gradient(objective, zs, unconnected_gradients=_ZERO)
-            found = {}
+            found, factors = {}, {}
             for layer, a, delta in zip(probed, inputs, deltas, strict=True):
-                for role, m in rules[id(layer)].moments(layer, a, delta).items():
+                rule = rules[id(layer)]
+                for role, m in rule.moments(layer, a, delta).items():
                     found[(id(layer), role)] = m
-            return found
+                if layer in kron_layers:
+                    factors[(id(layer), "kronecker")] = rule.kronecker_outputs(layer, delta)
+            return found, factors
 
-        moments = moments_at(total)
-        curvature = chained_squares(
-            objectives, lambda o: {k: m.sumsq for k, m in moments_at(o).items()}
-        )
-        return moments, curvature
+        def squares_at(objective: tf.Tensor) -> dict:
+            found, factors = moments_at(objective)
+            return {**{k: m.sumsq for k, m in found.items()}, **factors}
+
+        moments, factors = moments_at(total)
+        curvature = chained_squares(objectives, squares_at)
+        kron_values = []
+        for layer, a in zip(probed, inputs, strict=True):
+            if layer not in kron_layers:
+                continue
+            a = tf.cast(tf.nest.flatten(a)[0], tf.float32)
+            if weights is not None:  # 0/1 weights of padded examples
+                w = tf.cast(weights, a.dtype)
+                a = a * tf.reshape(w, [-1] + [1] * (a.shape.rank - 1))
+            kron_values.append(rules[id(layer)].kronecker_inputs(layer, a))
+            kron_values.append(factors[(id(layer), "kronecker")])
+            if want_curvature:
+                kron_values.append(curvature[(id(layer), "kronecker")])
+        return moments, curvature, kron_values
 
     def generic_values(
         x: Any, y: Any, weights: tf.Tensor | None, seed_pair: tf.Tensor
@@ -545,7 +578,9 @@ def _build_plan(
         if strategy.num_replicas_in_sync > 1:
             replica = tf.distribute.get_replica_context().replica_id_in_sync_group
             seed_pair = tf.random.experimental.stateless_fold_in(seed_pair, replica)
-        moments, curvature = closed_form_values(x, y, weights, seed_pair) if probed else ({}, None)
+        moments, curvature, kron_values = (
+            closed_form_values(x, y, weights, seed_pair) if probed else ({}, None, [])
+        )
         generic_moments, generic_curvature = (
             generic_values(x, y, weights, seed_pair) if generic else ([], None)
         )
@@ -559,6 +594,7 @@ def _build_plan(
                 c = generic_curvature[g_index] if want_curvature else None
                 g_index += 1
             values += [m.sum, m.sumsq] + ([c] if want_curvature else [])
+        values += kron_values
         count = tf.shape(tf.nest.flatten(x)[0])[0] if weights is None else tf.reduce_sum(weights)
         values.append(count)
         accumulators.add(values)
@@ -597,7 +633,7 @@ def _build_plan(
         calls.clear()
         return total
 
-    return _Plan(step, accumulators, per_example_floats, rec, targets, probed, reasons)
+    return _Plan(step, accumulators, per_example_floats, rec, targets, probed, reasons, kron_layers)
 
 
 def collect_statistics(
@@ -611,6 +647,7 @@ def collect_statistics(
     batch_size: int | None = None,
     memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
     closed_form: bool = True,
+    kronecker: bool = False,
     seed: int = 0,
     verbose: int = 1,
 ) -> CollectedStatistics:
@@ -634,6 +671,9 @@ def collect_statistics(
       memory_budget_mb: bound on the per-example quantities held for one chunk
         (see ``CollectedStatistics.peak_bytes``).
       closed_form: use the closed-form layer rules (False: generic path only).
+      kronecker: also collect the Kronecker factors of the layers whose rule
+        gives them (Dense), attached to their kernels' statistics
+        (``WeightStatistics.kronecker``, see :mod:`tfstatprune.stats.kronecker`).
       seed: seed for the sampled labels of the GGN estimate.
       verbose: 1 shows a progress bar, 0 is silent.
 
@@ -668,7 +708,9 @@ def collect_statistics(
         raise ValueError("there are no weights to collect statistics for")
     want_curvature = hessian != "fisher"
     strategy = strategy_for(model)
-    plan = _plan_for(model, weights, loss, per_example_loss, hessian, closed_form, strategy)
+    plan = _plan_for(
+        model, weights, loss, per_example_loss, hessian, closed_form, strategy, kronecker
+    )
     _warn_generic(plan.reasons)
     input_rank = len(model.input_shape) if isinstance(model.input_shape, tuple) else None
     x_spec = _example_spec(data, input_rank)
@@ -704,6 +746,20 @@ def collect_statistics(
             sums[2] if want_curvature else None,
             _regularizer_curvature(t),
         )
+    offset = len(targets) * per_target
+    per_layer = 3 if want_curvature else 2
+    for k, layer in enumerate(plan.kron_layers):
+        sums = totals[offset + k * per_layer : offset + (k + 1) * per_layer]
+        factors = KroneckerFactors(
+            count,
+            sums[0],
+            sums[1],
+            sums[2] if want_curvature else None,
+            bool(getattr(layer, "use_bias", False)),
+        )
+        kernel = next(t for t in targets if t.layer is layer and t.role == "kernel")
+        name = kernel.variable.name
+        result[name] = result[name]._replace(kronecker=factors)
     return CollectedStatistics(
         weights=result,
         count=count,

@@ -25,7 +25,7 @@ training loss was reduced.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -40,6 +40,7 @@ class WeightStatistics(NamedTuple):
     sumsq: np.ndarray
     curvature: np.ndarray | None = None
     regularizer_curvature: np.ndarray | float = 0.0
+    kronecker: Any = None  # KroneckerFactors of the layer, on a Dense kernel when asked
 
     @classmethod
     def zeros(cls, shape: tuple[int, ...], *, with_curvature: bool = False) -> WeightStatistics:
@@ -64,6 +65,9 @@ class WeightStatistics(NamedTuple):
             np.add(self.sumsq, other.sumsq, dtype=np.float64),
             curvature,
             self.regularizer_curvature,
+            self.kronecker.merge(other.kronecker)
+            if self.kronecker is not None and other.kronecker is not None
+            else None,
         )
 
     @property

@@ -95,3 +95,18 @@ class GradientRule:
     ) -> dict[str, BatchMoments]:
         """Moments per role, from inputs ``[B, ...]`` and ``delta`` of z's shape."""
         raise NotImplementedError
+
+    def kronecker_shapes(self, layer: keras.layers.Layer) -> tuple[int, int] | None:
+        """``(input factor size, output factor size)`` if the rule gives Kronecker factors.
+
+        See :mod:`tfstatprune.stats.kronecker`; None (the default) when it does not.
+        """
+        return None
+
+    def kronecker_inputs(self, layer: keras.layers.Layer, inputs: tf.Tensor) -> tf.Tensor:
+        """Batch sum of the input factor ``a~^T a~``."""
+        raise NotImplementedError
+
+    def kronecker_outputs(self, layer: keras.layers.Layer, delta: tf.Tensor) -> tf.Tensor:
+        """Batch sum of the output factor ``delta^T delta``."""
+        raise NotImplementedError

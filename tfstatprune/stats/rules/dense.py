@@ -5,6 +5,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from tfstatprune._keras import keras
+from tfstatprune.stats.kronecker import input_factor, output_factor
 from tfstatprune.stats.rules.base import (
     BatchMoments,
     GradientRule,
@@ -59,3 +60,13 @@ class DenseRule(GradientRule):
         if layer.use_bias:
             out["bias"] = moments_of(bias_per_example)
         return out
+
+    def kronecker_shapes(self, layer: keras.layers.Layer) -> tuple[int, int]:
+        inputs, units = layer.kernel.shape
+        return int(inputs) + int(layer.use_bias), int(units)
+
+    def kronecker_inputs(self, layer: keras.layers.Layer, inputs: tf.Tensor) -> tf.Tensor:
+        return input_factor(inputs, layer.use_bias)
+
+    def kronecker_outputs(self, layer: keras.layers.Layer, delta: tf.Tensor) -> tf.Tensor:
+        return output_factor(delta)

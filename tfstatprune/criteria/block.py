@@ -1,0 +1,362 @@
+"""Wald and OBS with the covariance kept within blocks, and the restricted estimator.
+
+The diagonal sandwich throws away what makes the statistic work: with the
+empirical Fisher it collapses to OBD. Here the asymptotic covariance of a Dense
+kernel ``[W; b]`` (``[I + 1, O]``, see :mod:`tfstatprune.stats.kronecker`) keeps
+its structure through Kronecker factors:
+
+    H ~ A (x) B_H,   Sigma ~ A (x) B_S,   A = E[a~ a~^T],
+    Avar = H^-1 Sigma H^-1 = A^-1 (x) M,   M = B_H^-1 B_S B_H^-1,
+
+so ``[Avar]_(i,j) = [A^-1]_ii M_jj`` and the Wald statistic of ``theta_ij = 0``
+is ``W_ij = n theta_ij^2 / ([A^-1]_ii M_jj)``. Within an output unit this ranks
+exactly like the Optimal Brain Surgeon saliency ``theta^2 / (2 [H^-1]_qq)``
+with the layer-wise Hessian ``A`` (Hassibi & Stork 1993; layer-wise: Dong et
+al. 2017); ``M_jj`` says how well the data pin down unit j as a whole.
+
+When a set P of weights is pruned, the **restricted estimator** under
+``H0: theta_P = 0`` moves the survivors to the constrained optimum of the local
+quadratic: ``theta~ = theta^ - V[:, P] V[P, P]^-1 theta^_P`` with ``V = A^-1``
+per output unit -- the OBS compensation. It is computed in the equivalent,
+cheaper form on the free set F: ``theta~_F = A_FF^-1 A_F: theta^``.
+
+Numerics: ``A`` and ``B_H`` are damped by ``damping * mean(diag)`` (singular
+blocks: blank pixels, dead units); ``M_jj`` is floored at
+``variance_floor * mean(diag M)`` (the score variance of a unit active only on
+confidently classified examples shrinks faster than its curvature).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from tfstatprune.criteria.registry import StatsRequest, register_criterion
+from tfstatprune.granularity import Grouping
+from tfstatprune.stats.kronecker import KroneckerFactors
+from tfstatprune.stats.moments import WeightStatistics
+
+__all__ = [
+    "DEFAULT_DAMPING",
+    "DEFAULT_VARIANCE_FLOOR",
+    "block_inverse_diagonals",
+    "obs",
+    "obs_scores",
+    "restricted_update",
+    "wald_block",
+    "wald_block_scores",
+]
+
+DEFAULT_DAMPING = 0.01
+DEFAULT_VARIANCE_FLOOR = 1e-3
+
+
+def _damped(matrix: np.ndarray, damping: float) -> np.ndarray:
+    mean_diag = float(np.mean(np.diag(matrix)))
+    scale = mean_diag if mean_diag > 0 else 1.0
+    return matrix + damping * scale * np.eye(len(matrix))
+
+
+def _augment(kernel: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+    kernel = np.asarray(kernel, np.float64)
+    if bias is None:
+        return kernel
+    return np.vstack([kernel, np.asarray(bias, np.float64)[None, :]])
+
+
+def _free_inverse_diagonal(a: np.ndarray, free: np.ndarray) -> np.ndarray:
+    """``[A_FF^-1]_kk`` for each column's free set F (``free``: ``[I, O]`` bool); 0 off F."""
+    rows, cols = free.shape
+    out = np.zeros((rows, cols))
+    full = free.all(axis=0)
+    if full.any():
+        out[:, full] = np.diag(np.linalg.inv(a))[:, None]
+    patterns: dict[bytes, list[int]] = {}
+    for j in np.flatnonzero(~full):
+        patterns.setdefault(free[:, j].tobytes(), []).append(j)
+    for columns in patterns.values():
+        f = free[:, columns[0]]
+        if f.any():
+            out[np.ix_(f, columns)] = np.diag(np.linalg.inv(a[np.ix_(f, f)]))[:, None]
+    return out
+
+
+def block_inverse_diagonals(
+    factors: KroneckerFactors,
+    free: np.ndarray,
+    *,
+    damping: float = DEFAULT_DAMPING,
+    variance_floor: float = DEFAULT_VARIANCE_FLOOR,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``([A_FF^-1]_kk per column, M_jj)`` from the factors, for free sets ``free``."""
+    n = max(factors.count, 1)
+    a = _damped(factors.inputs / n, damping)
+    inv_a = _free_inverse_diagonal(a, free)
+    if factors.curvature is None:
+        raise ValueError("block criteria need curvature factors: collect with hessian='ggn'")
+    b_h = _damped(factors.curvature / n, damping)
+    b_s = factors.gradients / n
+    b_h_inv = np.linalg.inv(b_h)
+    m = np.diag(b_h_inv @ b_s @ b_h_inv).copy()
+    m = np.maximum(m, variance_floor * max(float(m.mean()), np.finfo(float).tiny))
+    return inv_a, m
+
+
+def wald_block_scores(
+    kernel: np.ndarray,
+    bias: np.ndarray | None,
+    factors: KroneckerFactors,
+    free: np.ndarray,
+    *,
+    damping: float = DEFAULT_DAMPING,
+    variance_floor: float = DEFAULT_VARIANCE_FLOOR,
+) -> np.ndarray:
+    """``W_ij = n theta_ij^2 / ([A_FF^-1]_ii M_jj)`` for the ``[I(+1), O]`` block; 0 off F.
+
+    ``free`` marks the weights not yet pruned (the statistic is conditional on
+    the pruned ones being 0: ``A_FF`` instead of ``A``).
+    """
+    theta = _augment(kernel, bias)
+    inv_a, m = block_inverse_diagonals(
+        factors, free, damping=damping, variance_floor=variance_floor
+    )
+    with np.errstate(divide="ignore", invalid="ignore"):
+        w = factors.count * theta**2 / (inv_a * m[None, :])
+    return np.where(free & (inv_a > 0), w, 0.0)
+
+
+def obs_scores(
+    kernel: np.ndarray,
+    bias: np.ndarray | None,
+    factors: KroneckerFactors,
+    free: np.ndarray,
+    *,
+    damping: float = DEFAULT_DAMPING,
+) -> np.ndarray:
+    """Layer-wise OBS saliency ``L_q = theta_q^2 / (2 [H^-1]_qq)`` with ``H = A_FF`` per unit.
+
+    Hassibi & Stork 1993, eq. 5, with the layer-wise Hessian of the output
+    reconstruction error (Dong et al. 2017), as the seed survey writes it.
+    """
+    theta = _augment(kernel, bias)
+    n = max(factors.count, 1)
+    inv_a = _free_inverse_diagonal(_damped(factors.inputs / n, damping), free)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = theta**2 / (2.0 * inv_a)
+    return np.where(free & (inv_a > 0), s, 0.0)
+
+
+def restricted_update(
+    kernel: np.ndarray,
+    bias: np.ndarray | None,
+    factors: KroneckerFactors,
+    keep: np.ndarray,
+    *,
+    damping: float = DEFAULT_DAMPING,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The restricted estimator: survivors re-fitted under ``theta_P = 0``, per output unit.
+
+    Args:
+      kernel, bias: the current estimate ``theta^`` (bias may be None).
+      factors: the layer's Kronecker factors (only ``inputs`` is used).
+      keep: ``[I(+1), O]`` bool, the weights that stay free (a bias row that
+        is not pruned is free).
+      damping: relative damping of ``A``.
+
+    Returns:
+      ``(kernel~, bias~)`` with ``theta~_F = A_FF^-1 A_F: theta^`` per column
+      and zeros on P.
+    """
+    theta = _augment(kernel, bias)
+    n = max(factors.count, 1)
+    a = _damped(factors.inputs / n, damping)
+    rhs = a @ theta  # column j: A theta^_j
+    out = np.zeros_like(theta)
+    patterns: dict[bytes, list[int]] = {}
+    for j in range(theta.shape[1]):
+        patterns.setdefault(keep[:, j].tobytes(), []).append(j)
+    for columns in patterns.values():
+        f = keep[:, columns[0]]
+        if f.any():
+            out[np.ix_(f, columns)] = np.linalg.solve(a[np.ix_(f, f)], rhs[np.ix_(f, columns)])
+    if bias is None:
+        return out, None
+    return out[:-1], out[-1]
+
+
+# --------------------------------------------------------------------------
+# Registered criteria: "wald_block" and "obs" on Dense kernels.
+
+
+def _factors_of(theta: np.ndarray, stats: WeightStatistics | None, name: str) -> KroneckerFactors:
+    factors = None if stats is None else stats.kronecker
+    if factors is None or factors.inputs.shape[0] != np.shape(theta)[0] + factors.has_bias:
+        raise ValueError(
+            f"criterion {name!r} needs the Kronecker factors tfstatprune collects for Dense "
+            f"kernels, and this weight (shape {np.shape(theta)}) has none: prune only Dense "
+            "layers with it (layers=[...]) or use 'wald' / 'obd'"
+        )
+    return factors
+
+
+def _free_rows(theta: np.ndarray, factors: KroneckerFactors) -> np.ndarray:
+    """Free set of the augmented ``[I(+1), O]`` block: entries not yet pruned (non-zero)."""
+    free = np.asarray(theta) != 0
+    if factors.has_bias:
+        free = np.vstack([free, np.ones((1, free.shape[1]), bool)])
+    return free
+
+
+def _bias_row(theta: np.ndarray, factors: KroneckerFactors) -> np.ndarray | None:
+    return np.zeros(np.shape(theta)[1]) if factors.has_bias else None
+
+
+def _block_request(options: Mapping[str, Any]) -> StatsRequest:
+    return StatsRequest(options.get("hessian", "ggn_exact"), kronecker=True)
+
+
+def _obs_request(options: Mapping[str, Any]) -> StatsRequest:
+    return StatsRequest("fisher", kronecker=True)
+
+
+def _restricted(
+    kernel: np.ndarray,
+    bias: np.ndarray | None,
+    stats: WeightStatistics,
+    keep: np.ndarray,
+    *,
+    damping: float = DEFAULT_DAMPING,
+    **options: Any,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    factors = _factors_of(kernel, stats, "restricted estimator")
+    if factors.has_bias and bias is None:
+        bias = np.zeros(np.shape(kernel)[1])
+    return restricted_update(kernel, bias, factors, keep, damping=damping)
+
+
+def _wald_block_group(
+    thetas: Sequence[np.ndarray],
+    stats: Sequence[WeightStatistics | None],
+    groupings: Sequence[Grouping],
+    *,
+    hessian: str = "ggn_exact",
+    damping: float = DEFAULT_DAMPING,
+    variance_floor: float = DEFAULT_VARIANCE_FLOOR,
+) -> np.ndarray:
+    """``W_g = n theta_g^T Avar_gg^-1 theta_g`` with ``Avar = A^-1 (x) M`` (chi-square, |g| df).
+
+    Groups inside one output unit (units, 1x4 blocks) use ``([A^-1]_RR)^-1 / M_jj``
+    over their rows R (a whole unit: ``n theta_j^T A theta_j / M_jj``); groups
+    inside one input row (channels of a Dense kernel) use ``M^-1 / [A^-1]_ii``
+    with the full output factor.
+    """
+    kernel = thetas[0]
+    factors = _factors_of(kernel, stats[0], "wald_block")
+    theta = _augment(kernel, thetas[1] if len(thetas) > 1 and factors.has_bias else None)
+    if factors.has_bias and theta.shape[0] == kernel.shape[0]:
+        theta = _augment(kernel, np.zeros(kernel.shape[1]))
+    ids = np.full(theta.shape, -1, np.int64)
+    ids[: kernel.shape[0]] = groupings[0].ids
+    if len(thetas) > 1 and factors.has_bias:
+        ids[-1] = groupings[1].ids
+    count = groupings[0].count
+    n = max(factors.count, 1)
+    a = _damped(factors.inputs / n, damping)
+    a_inv = np.linalg.inv(a)
+    b_h = _damped(factors.curvature / n, damping)
+    b_h_inv = np.linalg.inv(b_h)
+    m_full = b_h_inv @ (factors.gradients / n) @ b_h_inv
+    m = np.maximum(np.diag(m_full), variance_floor * max(float(np.diag(m_full).mean()), 1e-300))
+    scores = np.zeros(count)
+    rows_of, cols_of = np.nonzero(ids >= 0)
+    members = ids[rows_of, cols_of]
+    order = np.argsort(members, kind="stable")
+    bounds = np.searchsorted(members[order], np.arange(count + 1))
+    inverses: dict[bytes, np.ndarray] = {}
+    for g in range(count):
+        sel = order[bounds[g] : bounds[g + 1]]
+        rows, cols = rows_of[sel], cols_of[sel]
+        if np.all(cols == cols[0]):
+            key = rows.tobytes()
+            if key not in inverses:
+                inverses[key] = np.linalg.inv(a_inv[np.ix_(rows, rows)])
+            t = theta[rows, cols[0]]
+            scores[g] = n * t @ inverses[key] @ t / m[cols[0]]
+        elif np.all(rows == rows[0]):
+            key = b"row" + cols.tobytes()
+            if key not in inverses:
+                inverses[key] = np.linalg.inv(m_full[np.ix_(cols, cols)])
+            t = theta[rows[0], cols]
+            scores[g] = n * t @ inverses[key] @ t / a_inv[rows[0], rows[0]]
+        else:
+            scores[g] = n * np.sum(theta[rows, cols] ** 2 / (np.diag(a_inv)[rows] * m[cols]))
+    return scores
+
+
+@register_criterion(
+    "wald_block", statistics=_block_request, group=_wald_block_group, update=_restricted
+)
+def wald_block(
+    theta: np.ndarray,
+    stats: WeightStatistics,
+    *,
+    hessian: str = "ggn_exact",
+    damping: float = DEFAULT_DAMPING,
+    variance_floor: float = DEFAULT_VARIANCE_FLOOR,
+) -> np.ndarray:
+    """Block Wald statistic ``W_ij = n theta_ij^2 / ([A_FF^-1]_ii M_jj)`` (module docstring).
+
+    ``Avar = A^-1 (x) B_H^-1 B_S B_H^-1`` from Kronecker factors: ``A`` the
+    layer-input second moment, ``B_H`` the output factor of the GGN (exact for
+    softmax cross-entropy by default, ``hessian="ggn"`` samples one label per
+    example), ``B_S`` that of the score covariance; F the weights not yet
+    pruned. With ``H = Sigma`` this is ``2n`` times the OBS saliency. After
+    masking, the survivors move to the restricted estimator (OBS update).
+    Dense kernels only.
+
+    >>> from tfstatprune.stats import WeightStatistics
+    >>> from tfstatprune.stats.kronecker import KroneckerFactors
+    >>> f = KroneckerFactors(2, 2 * np.eye(2), 2 * np.eye(1), 2 * np.eye(1), has_bias=False)
+    >>> st = WeightStatistics(2, np.zeros((2, 1)), np.ones((2, 1)), kronecker=f)
+    >>> wald_block(np.array([[1.0], [3.0]]), st, damping=0.0)
+    array([[ 2.],
+           [18.]])
+    """
+    factors = _factors_of(theta, stats, "wald_block")
+    w = wald_block_scores(
+        theta,
+        _bias_row(theta, factors),
+        factors,
+        _free_rows(theta, factors),
+        damping=damping,
+        variance_floor=variance_floor,
+    )
+    return w[: np.shape(theta)[0]]
+
+
+@register_criterion("obs", statistics=_obs_request, update=_restricted)
+def obs(
+    theta: np.ndarray, stats: WeightStatistics, *, damping: float = DEFAULT_DAMPING
+) -> np.ndarray:
+    """Optimal Brain Surgeon, layer-wise: ``L_q = theta_q^2 / (2 [H^-1]_qq)``, ``H = A_FF``.
+
+    Hassibi & Stork 1993 as the seed survey writes it (eq. 4: the saliency, and
+    the compensation ``dw = -theta_q / [H^-1]_qq H^-1 e_q`` applied after
+    pruning), with the Hessian of the layer's output reconstruction error, the
+    input second moment ``A = E[a~ a~^T]`` per output unit (Dong et al. 2017).
+    Dense kernels only.
+
+    >>> from tfstatprune.stats import WeightStatistics
+    >>> from tfstatprune.stats.kronecker import KroneckerFactors
+    >>> f = KroneckerFactors(1, np.array([[2.0, 0.0], [0.0, 4.0]]), np.eye(1), None, False)
+    >>> obs(np.array([[1.0], [1.0]]), WeightStatistics(1, 0, 0, kronecker=f), damping=0.0)
+    array([[1.],
+           [2.]])
+    """
+    factors = _factors_of(theta, stats, "obs")
+    s = obs_scores(
+        theta, _bias_row(theta, factors), factors, _free_rows(theta, factors), damping=damping
+    )
+    return s[: np.shape(theta)[0]]
