@@ -34,6 +34,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -54,10 +55,32 @@ DEFAULT_MODELS = ",".join(BUILDERS)
 TARGETS = {"lenet_300_100": 1.5, "fc_challenge": 1.5, "lenet5": 3.0}
 
 
+NOTES = """\
+Ratios are Wald scoring time / plain gradient pass time over the same examples
+with the same chunk size: the median over rounds that run the two back to back,
+and in brackets the lowest and highest round (the spread is the machine's
+load). The matmul bound is the ratio of matmul work for the Dense-only models:
+the closed form does everything a plain pass does plus one kernel-sized matmul
+per layer, `(a ** 2)^T (delta ** 2)`, so about 1.5x is the floor when the first
+layer dominates. The generic (`tf.vectorized_map`) path is measured on fewer
+examples, each side with its own chunk size (the generic path's is small: it
+holds a whole per-example gradient per example)."""
+
+
+class Paired(NamedTuple):
+    """Median seconds of both sides, and the median, min and max of the per-round ratios."""
+
+    baseline_s: float
+    candidate_s: float
+    ratio: float
+    low: float
+    high: float
+
+
 def paired_seconds(
     baseline: Callable[[], object], candidate: Callable[[], object], repeats: int
-) -> tuple[float, float, float]:
-    """Median seconds of ``baseline`` and ``candidate`` and the median of their ratios.
+) -> Paired:
+    """Seconds of ``baseline`` and ``candidate`` and their ratio, round by round.
 
     One warm-up call each (tracing), then ``repeats`` rounds that run the two
     back to back, so that a change in the machine's load hits both sides of a
@@ -72,7 +95,13 @@ def paired_seconds(
             fn()
             times.append(time.perf_counter() - started)
     ratios = [c / b for b, c in zip(base, cand, strict=True)]
-    return statistics.median(base), statistics.median(cand), statistics.median(ratios)
+    return Paired(
+        statistics.median(base),
+        statistics.median(cand),
+        statistics.median(ratios),
+        min(ratios),
+        max(ratios),
+    )
 
 
 def plain_gradient_pass(
@@ -121,21 +150,20 @@ def generic_wald_scoring(
     return run
 
 
-def measure(name: str, n: int, n_generic: int, repeats: int) -> dict[str, float]:
+def measure(name: str, n: int, n_generic: int, repeats: int) -> dict[str, Any]:
     """Seconds and ratios for one model (see the module docstring)."""
     data = datasets.mnist()
     x, y = data.x_train[:n], data.y_train[:n]
     model = models.compile_classifier(BUILDERS[name]())
     kernels = prunable_kernels(model)
     chunk = collect_statistics(model, (x[:1], y[:1]), weights=kernels, verbose=0).chunk_size
-    row: dict[str, float] = {"model": name, "examples": n, "chunk": chunk}
+    row: dict[str, Any] = {"model": name, "examples": n, "chunk": chunk}
+    row["bound"] = matmul_bound(model)
 
     def wald() -> None:
         tsp.scores(model, (x, y), "wald", batch_size=chunk, verbose=0)
 
-    row["plain_s"], row["wald_s"], row["ratio"] = paired_seconds(
-        plain_gradient_pass(model, x, y, chunk), wald, repeats
-    )
+    row["closed"] = paired_seconds(plain_gradient_pass(model, x, y, chunk), wald, repeats)
     if n_generic > 0:
         xg, yg = x[:n_generic], y[:n_generic]
         generic_chunk = collect_statistics(
@@ -143,7 +171,7 @@ def measure(name: str, n: int, n_generic: int, repeats: int) -> dict[str, float]
         ).chunk_size
         row["generic_examples"] = n_generic
         row["generic_chunk"] = generic_chunk
-        row["generic_plain_s"], row["generic_s"], row["generic_ratio"] = paired_seconds(
+        row["generic"] = paired_seconds(
             plain_gradient_pass(model, xg, yg, generic_chunk),
             generic_wald_scoring(model, xg, yg, generic_chunk),
             max(1, repeats // 3),
@@ -151,22 +179,46 @@ def measure(name: str, n: int, n_generic: int, repeats: int) -> dict[str, float]
     return row
 
 
-def table(rows: list[dict[str, float]]) -> str:
+def matmul_bound(model: keras.Model) -> float | None:
+    """Wald / plain in matmul work for a Dense-only model (None otherwise).
+
+    A plain pass does the forward matmuls F, the input gradients of every
+    layer but the first, and the kernel gradients W = F; the closed form adds
+    one more kernel-sized matmul per layer, ``(a ** 2)^T (delta ** 2)``.
+    """
+    weighted = [layer for layer in model.layers if layer.weights]
+    if not all(isinstance(layer, keras.layers.Dense) for layer in weighted):
+        return None
+    sizes = [int(np.prod(layer.kernel.shape)) for layer in weighted]
+    plain = 3 * sum(sizes) - sizes[0]
+    return (plain + sum(sizes)) / plain
+
+
+def _ratio(p: Paired, digits: int) -> str:
+    return f"{p.ratio:.{digits}f}x ({p.low:.{digits}f}-{p.high:.{digits}f})"
+
+
+def table(rows: list[dict[str, Any]]) -> str:
     """The markdown table of :func:`measure` rows."""
     lines = [
-        "| model | examples | chunk | plain pass (s) | Wald scoring (s) | ratio | target "
-        "| generic: examples | chunk | plain pass (s) | Wald scoring (s) | ratio |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | examples | chunk | plain pass (s) | Wald scoring (s) | ratio (range) "
+        "| target | matmul bound "
+        "| generic: examples | chunk | plain pass (s) | Wald scoring (s) | ratio (range) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        c = r["closed"]
+        bound = "-" if r["bound"] is None else f"{r['bound']:.2f}x"
         line = (
-            f"| {r['model']} | {r['examples']} | {r['chunk']} | {r['plain_s']:.3f} | "
-            f"{r['wald_s']:.3f} | **{r['ratio']:.2f}x** | <= {TARGETS.get(r['model'], 0):.1f}x |"
+            f"| {r['model']} | {r['examples']} | {r['chunk']} | {c.baseline_s:.3f} | "
+            f"{c.candidate_s:.3f} | **{_ratio(c, 2)}** | <= {TARGETS[r['model']]:.1f}x "
+            f"| {bound} |"
         )
-        if "generic_ratio" in r:
+        if "generic" in r:
+            g = r["generic"]
             line += (
-                f" {r['generic_examples']} | {r['generic_chunk']} | {r['generic_plain_s']:.3f} | "
-                f"{r['generic_s']:.3f} | {r['generic_ratio']:.1f}x |"
+                f" {r['generic_examples']} | {r['generic_chunk']} | {g.baseline_s:.3f} | "
+                f"{g.candidate_s:.3f} | {_ratio(g, 1)} |"
             )
         else:
             line += " - | - | - | - | - |"
@@ -207,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
         with open(args.out, "w") as f:
             f.write("# Cost of Wald scoring vs one plain gradient pass\n\n")
             f.write(f"Command: `{command}`\n\nMachine: {environment()}.\n\n")
-            f.write(text + "\n")
+            f.write(text + "\n\n" + NOTES + "\n")
 
 
 if __name__ == "__main__":

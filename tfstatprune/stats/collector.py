@@ -195,9 +195,18 @@ def _warn_generic(reasons: dict[type, str]) -> None:
     )
 
 
+def _hooked_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """The model's layers that define a statistics hook (see ``STATISTICS_CALL_HOOK``)."""
+    return [layer for layer in model.submodules if hasattr(layer, STATISTICS_CALL_HOOK)]
+
+
 @contextlib.contextmanager
-def _patched_calls(model: keras.Model, probed: Sequence[keras.layers.Layer], rec: _Recorder):
-    """Patch ``call`` of probed layers (and of layers with a statistics hook)."""
+def _patched_calls(
+    hooked: Sequence[keras.layers.Layer],
+    probed: Sequence[keras.layers.Layer],
+    rec: _Recorder,
+):
+    """Patch ``call`` of probed layers and of layers with a statistics hook."""
     patched: list[tuple[keras.layers.Layer, Any, bool]] = []
 
     def patch(layer: keras.layers.Layer, fn: Any) -> None:
@@ -230,10 +239,8 @@ def _patched_calls(model: keras.Model, probed: Sequence[keras.layers.Layer], rec
         return call
 
     try:
-        for layer in model.submodules:
-            hook = getattr(layer, STATISTICS_CALL_HOOK, None)
-            if hook is not None:
-                patch(layer, hook)
+        for layer in hooked:
+            patch(layer, getattr(layer, STATISTICS_CALL_HOOK))
         for layer in probed:
             patch(layer, probe(layer))
         yield
@@ -398,6 +405,7 @@ class _Plan(NamedTuple):
     probed: list[keras.layers.Layer]
     reasons: dict[type, str]
     kron_layers: list[keras.layers.Layer]
+    hooked: list[keras.layers.Layer]
 
 
 # Plans live on the model itself (an untracked attribute), so a model and its
@@ -633,7 +641,17 @@ def _build_plan(
         calls.clear()
         return total
 
-    return _Plan(step, accumulators, per_example_floats, rec, targets, probed, reasons, kron_layers)
+    return _Plan(
+        step,
+        accumulators,
+        per_example_floats,
+        rec,
+        targets,
+        probed,
+        reasons,
+        kron_layers,
+        _hooked_layers(model),
+    )
 
 
 def collect_statistics(
@@ -717,7 +735,7 @@ def collect_statistics(
     _check_input_shape(model, x_spec)
     targets = plan.targets
     progbar = keras.utils.Progbar(None, verbose=verbose, unit_name="example")
-    with strategy.scope(), _patched_calls(model, plan.probed, plan.rec):
+    with strategy.scope(), _patched_calls(plan.hooked, plan.probed, plan.rec):
         per_example = max(plan.per_example_floats(x_spec), 1)
         if batch_size is None:
             budget = memory_budget_mb * _MB / _BYTES_PER_FLOAT

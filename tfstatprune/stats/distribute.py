@@ -96,16 +96,18 @@ class Accumulators:
                 for i, shape in enumerate(shapes)
             ]
 
-        def reset() -> None:
-            strategy.run(lambda: [v.assign(tf.zeros_like(v)) for v in self.variables])
+        def zero() -> list:
+            return [v.assign(tf.zeros_like(v)) for v in self.variables]
 
         def totals() -> list[tf.Tensor]:
             local = strategy.run(lambda: [tf.identity(v) for v in self.variables])
             return [strategy.reduce(tf.distribute.ReduceOp.SUM, t, axis=None) for t in local]
 
         if strategy.num_replicas_in_sync > 1:  # eager runs over replicas are slow
-            reset, totals = tf.function(reset), tf.function(totals)
-        self._reset, self._totals = reset, totals
+            self._reset = tf.function(lambda: strategy.run(zero))
+            self._totals = tf.function(totals)
+        else:  # one replica: plain variables, no cross-replica machinery
+            self._reset, self._totals = zero, lambda: self.variables
 
     def add(self, values: Sequence[tf.Tensor]) -> None:
         """Add ``values`` (float32 or float64, in variable order) in replica context."""
