@@ -185,7 +185,9 @@ def test_prune_once_returns_a_pruned_copy(tiny_mlp_data):
     model, x, y = tiny_mlp_data
     before = [w.copy() for w in model.get_weights()]
     for scope in ("layer", "global"):
-        pruned = tsp.prune_once(model, (x, y), 0.9, "wald", scope, verbose=0)
+        pruned = tsp.prune_once(
+            model, (x, y), 0.9, "wald", scope, min_weights_per_class=0, verbose=0
+        )
         assert not _wrappers(pruned)
         kernels = _kernels(pruned)
         zeros = [int((k == 0).sum()) for k in kernels.values()]
@@ -255,3 +257,17 @@ def test_bad_input_gets_a_clear_error(tiny_mlp_data):
         tsp.prune_once(model, (x, y), 0.5, "wald", "network", verbose=0)
     with pytest.raises(ValueError, match="needs statistics"):
         tsp.prune_once(model, None, 0.5, "wald", verbose=0)
+
+
+def test_statistics_of_a_wrapped_model_take_the_closed_form_path(tiny_mlp_data):
+    model, x, y = tiny_mlp_data
+    pruned = tsp.prune_statistically(model, (x, y), "wald", tsp.OneShotSparsity(0.5))
+    pruned.compile("adam", "sparse_categorical_crossentropy")
+    weights = [v for w in _wrappers(pruned) for v, _, _ in w.pruning_vars]
+    got = tsp.collect_statistics(pruned, (x, y), weights=weights, verbose=0)
+    assert got.generic == []
+    plain = tsp.collect_statistics(model, (x, y), verbose=0)
+    for v in weights:
+        np.testing.assert_allclose(
+            got.weights[v.name].sumsq, plain.weights[v.name].sumsq, rtol=1e-6
+        )

@@ -122,7 +122,7 @@ def wald_block_scores(
     inv_a, m = block_inverse_diagonals(
         factors, free, damping=damping, variance_floor=variance_floor
     )
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         w = factors.count * theta**2 / (inv_a * m[None, :])
     return np.where(free & (inv_a > 0), w, 0.0)
 

@@ -11,7 +11,13 @@ from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wra
 
 from tfstatprune._keras import keras, require_tf_keras_model
 from tfstatprune.granularity import Granularity, expand
-from tfstatprune.keras.layers import select_layers
+from tfstatprune.keras.consistency import (
+    UNIT_GRANULARITIES,
+    choose_layers,
+    follow_dead_units,
+    zero_rows,
+)
+from tfstatprune.keras.graph import trace_units
 from tfstatprune.keras.scoring import (
     MaskUnit,
     decide_masks,
@@ -98,8 +104,13 @@ def prune_statistically(
       granularity: what is pruned: ``"weight"``, ``"unit"`` (a Dense output
         neuron with its bias), ``"filter"``, ``"channel"``, or a block
         ``(1, 4)`` / ``(1, 16)`` of a Dense kernel's inputs; with a structured
-        granularity the sparsity counts groups.
-      layers: names of the layers to prune (default: every prunable layer).
+        granularity the sparsity counts groups. With ``"unit"``/``"filter"``
+        a pruned unit also zeroes, at every pruning step, the input rows
+        that read it in the next wrapped Dense/Conv layers
+        (:mod:`tfstatprune.keras.consistency`).
+      layers: names of the layers to prune (default: every prunable layer;
+        for ``"unit"``/``"filter"``, every one but the model's output layers,
+        whose units are its outputs: list them to prune them).
       min_weights_per_class: with ``granularity="weight"``, the output layer
         keeps at least this many weights per output unit (0: off).
       **options: criterion options, e.g. ``hessian="ggn"``.
@@ -121,9 +132,10 @@ def prune_statistically(
     crit = resolve_criterion(criterion, options)
     if pruning_schedule is None:
         pruning_schedule = OneShotSparsity(0.5)
-    if crit.request(options) is not None and stats_data is not None:
-        check_stats_data(model, stats_data)
-    chosen = select_layers(model, layers)
+    needs = crit.request(options)
+    if needs is not None and not needs.history and stats_data is not None:
+        check_stats_data(model, stats_data)  # (a history criterion's stats_data: WeightHistory)
+    chosen = choose_layers(model, layers, granularity)
     mask_units(chosen, granularity, prune_bias=prune_bias)  # fails early on a misfit
     chosen_names = {layer.name for layer in chosen}
     guarded = set(model.output_names) if granularity == "weight" else set()
@@ -169,7 +181,8 @@ def scores(
     its group's score. Arguments as in :func:`prune_once`.
     """
     model = _require_graph_model(model)
-    units = mask_units(select_layers(model, layers), granularity, prune_bias=prune_bias)
+    chosen = choose_layers(model, layers, granularity)
+    units = mask_units(chosen, granularity, prune_bias=prune_bias)
     result = score_units(
         model,
         units,
@@ -227,9 +240,13 @@ def prune_once(
       criterion: a criterion name or callable.
       scope: ``"layer"`` or ``"global"``.
       granularity: ``"weight"``, ``"unit"``, ``"filter"``, ``"channel"``,
-        ``(1, 4)`` or ``(1, 16)``.
+        ``(1, 4)`` or ``(1, 16)``. With ``"unit"``/``"filter"`` a pruned
+        unit also zeroes the input rows that read it in the next Dense/Conv
+        layers, pruned or not (:mod:`tfstatprune.keras.consistency`).
       prune_bias: also prune biases (implied by units and filters).
-      layers: names of the layers to prune (default: all prunable).
+      layers: names of the layers to prune (default: all prunable; for
+        ``"unit"``/``"filter"``, all but the model's output layers, whose
+        units are its outputs -- a class: list them to prune them).
       min_weights_per_class: with ``granularity="weight"``, the output layer
         keeps at least this many weights per output unit (class), so no class
         loses all its connections; 0 turns it off.
@@ -326,9 +343,12 @@ def _prune_copy(
     pruned = copy_model(model)
     if loss is None:
         loss = getattr(model, "loss", None)  # the copy is not compiled
-    units = mask_units(select_layers(pruned, layers), granularity, prune_bias=prune_bias)
+    chosen = choose_layers(pruned, layers, granularity)
+    units = mask_units(chosen, granularity, prune_bias=prune_bias)
+    graph = trace_units(pruned) if granularity in UNIT_GRANULARITIES else None
     protect = _output_kernels(pruned, units, granularity, min_weights_per_class)
     by_name = {w.name: w for w in pruned.weights}
+    dense = {w.name: w.numpy() for w in pruned.weights}
     masks = None
     for step, level in enumerate(levels):
         result = score_units(
@@ -347,8 +367,13 @@ def _prune_copy(
         masks = decide_masks(
             units, result.scores, level, scope=scope, previous=masks, keep_per_column=protect
         )
+        if graph is not None:  # pruned units also kill the input rows that read them
+            masks, rows = follow_dead_units(graph, [u.layer.name for u in units], masks)
+            for name, dead in rows.items():
+                kernel = graph.layers[name].kernel
+                kernel.assign(zero_rows(kernel.numpy(), dead))
         for name, value in restricted_updates(
-            units, crit, result.statistics, masks, options
+            units, crit, result.statistics, masks, options, reference=dense
         ).items():
             by_name[name].assign(np.asarray(value, by_name[name].dtype.as_numpy_dtype))
         for name, mask in masks.items():

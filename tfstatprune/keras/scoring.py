@@ -19,6 +19,7 @@ import tensorflow as tf
 from tfstatprune._keras import keras
 from tfstatprune.criteria import get_criterion
 from tfstatprune.criteria.registry import Criterion
+from tfstatprune.criteria.structured import BN_GAMMA_OPTION
 from tfstatprune.granularity import (
     Granularity,
     Grouping,
@@ -28,6 +29,8 @@ from tfstatprune.granularity import (
     groups_follow_bias,
     reduce_groups,
 )
+from tfstatprune.keras.graph import following_gamma
+from tfstatprune.keras.history import history_statistics
 from tfstatprune.keras.layers import prunable_weights
 from tfstatprune.masking import compute_masks
 from tfstatprune.stats import CollectedStatistics, collect_statistics
@@ -149,13 +152,17 @@ def score_units(
 
     A criterion with a ``seed`` option (``random``) that the user did not set
     gets a distinct seed per mask unit and pruning step, derived from ``seed``.
+    A criterion with a ``bn_gamma`` option (``bn_scale``) gets, per grouped
+    unit, the current ``gamma`` of the BatchNormalization after its layer.
     """
     options = dict(options or {})
     crit = resolve_criterion(criterion, options)
     needs = crit.request(options)
     weights = [w for unit in units for w in unit.weights]
     statistics = None
-    if needs is not None:
+    if needs is not None and needs.history:  # training history, not gradients
+        statistics = history_statistics(crit.name, stats_data, weights)
+    elif needs is not None:
         if stats_data is None:
             raise ValueError(
                 f"criterion {crit.name!r} needs statistics: pass stats_data=(x, y) or a "
@@ -165,9 +172,10 @@ def score_units(
             model,
             stats_data,
             weights=weights,
-            loss=loss,
+            loss=loss if needs.loss is None else needs.loss,
             hessian=needs.hessian,
             kronecker=needs.kronecker,
+            activations=needs.activations,
             max_examples=max_examples,
             batch_size=batch_size,
             seed=seed + step,
@@ -176,11 +184,16 @@ def score_units(
     derive_seed = SEED_OPTION in inspect.signature(crit.fn).parameters and (
         SEED_OPTION not in options
     )
+    derive_gamma = BN_GAMMA_OPTION in inspect.signature(crit.fn).parameters and (
+        BN_GAMMA_OPTION not in options
+    )
     scores = {}
     for index, unit in enumerate(units):
         unit_options = dict(options)
         if derive_seed:
             unit_options[SEED_OPTION] = [seed, step, index]
+        if derive_gamma and unit.groupings is not None:
+            unit_options[BN_GAMMA_OPTION] = following_gamma(model, unit.layer, crit.name)
         thetas = [w.numpy() for w in unit.weights]
         stats = [
             statistics.weights[w.name] if statistics is not None else None for w in unit.weights
@@ -213,6 +226,12 @@ def decide_masks(
     for name, count in (keep_per_column or {}).items():
         if name in scores and count > 0 and np.ndim(scores[name]) == 2:
             scores[name] = _protect_columns(scores[name], count)
+            if scope == "layer":  # the guard wins over the exact count
+                rows, cols = np.shape(scores[name])
+                cap = 1.0 - min(count, rows) * cols / (rows * cols)
+                if not isinstance(sparsity, Mapping):
+                    sparsity = dict.fromkeys(scores, sparsity)
+                sparsity = {**sparsity, name: min(sparsity[name], cap)}
     tiebreak, prev = {}, {}
     for unit in units:
         thetas = [np.abs(w.numpy()) for w in unit.weights]
@@ -253,13 +272,18 @@ def restricted_updates(
     statistics: CollectedStatistics | None,
     masks: Mapping[str, np.ndarray],
     options: Mapping[str, Any] | None = None,
+    reference: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """New values (by weight name) of kernels and biases from the criterion's update.
 
     For criteria with an ``update`` (the restricted estimator of ``wald_block``
     and ``obs``) and layers with Kronecker statistics: the survivors of each
-    output unit are re-fitted under the new masks. Empty otherwise.
+    output unit are re-fitted under the new masks, starting from the
+    unrestricted estimate ``reference`` (by weight name; default: the current
+    values) -- in sub-steps, the dense weights, so that every step solves the
+    restricted problem for all weights pruned so far. Empty otherwise.
     """
+    reference = reference or {}
     if criterion.update is None or statistics is None:
         return {}
     found: dict[str, np.ndarray] = {}
@@ -274,8 +298,10 @@ def restricted_updates(
         if bias is not None:
             bias_keep = np.asarray(masks.get(bias.name, np.ones(bias.shape)), bool)
             keep = np.vstack([keep, bias_keep[None, :]])
+        kernel_value = reference.get(kernel.name, kernel.numpy())
+        bias_value = None if bias is None else reference.get(bias.name, bias.numpy())
         new_kernel, new_bias = criterion.update(
-            kernel.numpy(), None if bias is None else bias.numpy(), stats, keep, **(options or {})
+            kernel_value, bias_value, stats, keep, **(options or {})
         )
         found[kernel.name] = new_kernel
         if bias is not None:

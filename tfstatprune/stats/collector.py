@@ -46,6 +46,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfstatprune._keras import keras
+from tfstatprune.stats.activations import ActivationStatistics
 from tfstatprune.stats.distribute import (
     Accumulators,
     distribute_chunk,
@@ -142,7 +143,11 @@ class _Recorder:
 
 
 def _owners(model: keras.Model) -> dict[Any, keras.layers.Layer]:
-    """Map ``variable.ref()`` -> the layer that created it."""
+    """Map ``variable.ref()`` -> the layer that created it.
+
+    A wrapper (a pruning wrapper, say) may list its inner layer's weights as
+    its own; the inner layer, which computes with them, wins.
+    """
     owners: dict[Any, keras.layers.Layer] = {}
     for layer in [model, *model.submodules]:
         if not isinstance(layer, keras.layers.Layer):
@@ -150,7 +155,9 @@ def _owners(model: keras.Model) -> dict[Any, keras.layers.Layer]:
         for v in getattr(layer, "_trainable_weights", []) + getattr(
             layer, "_non_trainable_weights", []
         ):
-            owners.setdefault(v.ref(), layer)
+            known = owners.get(v.ref())
+            if known is None or isinstance(known, keras.layers.Wrapper):
+                owners[v.ref()] = layer
     return owners
 
 
@@ -271,6 +278,23 @@ def _regularizer_curvature(target: _Target) -> np.ndarray | float:
 def _times(values: tf.Tensor, weights: tf.Tensor | None) -> tf.Tensor:
     """``values * weights``, or ``values`` when there are no weights."""
     return values if weights is None else values * tf.cast(weights, values.dtype)
+
+
+def _zero_counts(
+    layer: keras.layers.Layer, z: tf.Tensor, weights: tf.Tensor | None
+) -> list[tf.Tensor]:
+    """Per output channel, the (example, position) pairs where ``activation(z) == 0``,
+    and the number of pairs (see :mod:`tfstatprune.stats.activations`)."""
+    activation = getattr(layer, "activation", None) or keras.activations.linear
+    zero = tf.cast(tf.equal(activation(z), 0), tf.float32)
+    positions = tf.cast(tf.reduce_prod(tf.shape(zero)[1:-1]), tf.float32)
+    if weights is None:
+        examples = tf.cast(tf.shape(zero)[0], tf.float32)
+    else:  # 0/1 weights of padded examples
+        w = tf.cast(weights, tf.float32)
+        zero = zero * tf.reshape(w, [-1] + [1] * (zero.shape.rank - 1))
+        examples = tf.reduce_sum(w)
+    return [tf.reduce_sum(zero, axis=list(range(zero.shape.rank - 1))), examples * positions]
 
 
 def _expand(structure: Any) -> Any:
@@ -406,6 +430,7 @@ class _Plan(NamedTuple):
     reasons: dict[type, str]
     kron_layers: list[keras.layers.Layer]
     hooked: list[keras.layers.Layer]
+    act_layers: list[keras.layers.Layer]
 
 
 # Plans live on the model itself (an untracked attribute), so a model and its
@@ -422,16 +447,18 @@ def _plan_for(
     closed_form: bool,
     strategy: tf.distribute.Strategy,
     kronecker: bool = False,
+    activations: bool = False,
 ) -> _Plan:
     """The cached plan for this model, weights, loss, curvature and strategy, or a new one."""
     key = (tuple(id(v) for v in weights), id(loss), hessian, closed_form, id(strategy), kronecker)
+    key += (activations,)
     plans = model.__dict__.get(_PLANS_ATTRIBUTE)
     if plans is None:
         plans = {}
         object.__setattr__(model, _PLANS_ATTRIBUTE, plans)
     if key not in plans:
         plans[key] = _build_plan(
-            model, weights, per_example_loss, hessian, closed_form, strategy, kronecker
+            model, weights, per_example_loss, hessian, closed_form, strategy, kronecker, activations
         )
     return plans[key]
 
@@ -444,6 +471,7 @@ def _build_plan(
     closed_form: bool,
     strategy: tf.distribute.Strategy,
     kronecker: bool = False,
+    activations: bool = False,
 ) -> _Plan:
     targets, reasons = _targets(model, weights, closed_form)
     rules = {id(t.layer): t.rule for t in targets if t.rule is not None}
@@ -464,6 +492,10 @@ def _build_plan(
     for layer in kron_layers:
         n_in, n_out = rules[id(layer)].kronecker_shapes(layer)
         shapes += [(n_in, n_in), (n_out, n_out)] + ([(n_out, n_out)] if want_curvature else [])
+    kernels = {id(t.layer): t.variable for t in targets if t.role == "kernel"}
+    act_layers = [layer for layer in probed if activations and id(layer) in kernels]
+    for layer in act_layers:  # zero counts per output channel, (example, position) pairs
+        shapes += [kernels[id(layer)].shape[-1:], []]
     accumulators = Accumulators(strategy, [*shapes, []])
 
     def forward(x: Any) -> tf.Tensor:
@@ -545,6 +577,8 @@ def _build_plan(
             kron_values.append(factors[(id(layer), "kronecker")])
             if want_curvature:
                 kron_values.append(curvature[(id(layer), "kronecker")])
+        for layer in act_layers:  # layer-level values: Kronecker factors, then zero counts
+            kron_values += _zero_counts(layer, calls[id(layer)][1], weights)
         return moments, curvature, kron_values
 
     def generic_values(
@@ -651,6 +685,7 @@ def _build_plan(
         reasons,
         kron_layers,
         _hooked_layers(model),
+        act_layers,
     )
 
 
@@ -666,6 +701,7 @@ def collect_statistics(
     memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
     closed_form: bool = True,
     kronecker: bool = False,
+    activations: bool = False,
     seed: int = 0,
     verbose: int = 1,
 ) -> CollectedStatistics:
@@ -692,6 +728,10 @@ def collect_statistics(
       kronecker: also collect the Kronecker factors of the layers whose rule
         gives them (Dense), attached to their kernels' statistics
         (``WeightStatistics.kronecker``, see :mod:`tfstatprune.stats.kronecker`).
+      activations: also count, per output channel of each Dense/Conv layer with
+        a closed-form rule, how often its activation is exactly 0, attached to
+        its kernel's statistics (``WeightStatistics.activations``, see
+        :mod:`tfstatprune.stats.activations`).
       seed: seed for the sampled labels of the GGN estimate.
       verbose: 1 shows a progress bar, 0 is silent.
 
@@ -727,7 +767,15 @@ def collect_statistics(
     want_curvature = hessian != "fisher"
     strategy = strategy_for(model)
     plan = _plan_for(
-        model, weights, loss, per_example_loss, hessian, closed_form, strategy, kronecker
+        model,
+        weights,
+        loss,
+        per_example_loss,
+        hessian,
+        closed_form,
+        strategy,
+        kronecker,
+        activations,
     )
     _warn_generic(plan.reasons)
     input_rank = len(model.input_shape) if isinstance(model.input_shape, tuple) else None
@@ -778,6 +826,16 @@ def collect_statistics(
         kernel = next(t for t in targets if t.layer is layer and t.role == "kernel")
         name = kernel.variable.name
         result[name] = result[name]._replace(kronecker=factors)
+    offset += len(plan.kron_layers) * per_layer
+    for k, layer in enumerate(plan.act_layers):
+        zeros, observations = totals[offset + 2 * k], totals[offset + 2 * k + 1]
+        activation = getattr(getattr(layer, "activation", None), "__name__", "linear")
+        name = next(t.variable.name for t in targets if t.layer is layer and t.role == "kernel")
+        result[name] = result[name]._replace(
+            activations=ActivationStatistics(
+                count, float(observations), np.asarray(zeros, np.float64), activation
+            )
+        )
     return CollectedStatistics(
         weights=result,
         count=count,

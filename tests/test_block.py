@@ -1,0 +1,166 @@
+"""Block Wald, layer-wise OBS and the restricted estimator vs dense float64 references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import RTOL_FLOAT32
+from reference import float64_copy, relative_error
+
+import tfstatprune as tsp
+from tfstatprune._keras import keras
+from tfstatprune.criteria import get_criterion, obs, wald_block
+from tfstatprune.criteria.block import restricted_update
+from tfstatprune.stats import WeightStatistics, collect_statistics
+from tfstatprune.stats.kronecker import KroneckerFactors
+
+
+def _softmax_mlp(seed=0):
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential(
+        [
+            keras.layers.Dense(6, activation="tanh", input_shape=(5,), name="hidden"),
+            keras.layers.Dense(4, activation="softmax", name="out"),
+        ]
+    )
+    model.compile(loss="sparse_categorical_crossentropy")
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(80, 5)).astype(np.float32)
+    y = rng.integers(0, 4, 80)
+    return model, x, y
+
+
+def test_kronecker_factors_match_float64_matrices():
+    model, x, y = _softmax_mlp()
+    got = collect_statistics(
+        model, (x, y), hessian="ggn_exact", kronecker=True, batch_size=32, verbose=0
+    )
+    m64 = float64_copy(model)
+    hidden = np.tanh(
+        x.astype(np.float64) @ m64.layers[0].kernel.numpy() + m64.layers[0].bias.numpy()
+    )
+    a = np.hstack([hidden, np.ones((80, 1))])
+    p = m64(x.astype(np.float64)).numpy()
+    delta = p - np.eye(4)[y]  # softmax + cross-entropy: dL/dz = p - e_y
+    ggn = sum(np.diag(pi) - np.outer(pi, pi) for pi in p)
+    factors = got.weights[model.layers[1].kernel.name].kronecker
+    assert factors.count == 80 and factors.has_bias
+    assert relative_error(factors.inputs, a.T @ a) < RTOL_FLOAT32
+    assert relative_error(factors.gradients, delta.T @ delta) < RTOL_FLOAT32
+    assert relative_error(factors.curvature, ggn) < RTOL_FLOAT32
+
+
+def test_block_scores_equal_the_explicit_kronecker_sandwich():
+    rng = np.random.default_rng(2)
+    n, i, o = 50, 4, 3
+    a = rng.normal(size=(n, i))
+    d = rng.normal(size=(n, o))
+    dh = rng.normal(size=(n, o))
+    factors = KroneckerFactors(n, a.T @ a, d.T @ d, dh.T @ dh, has_bias=False)
+    stats = WeightStatistics(n, np.zeros((i, o)), np.ones((i, o)), kronecker=factors)
+    theta = rng.normal(size=(i, o))
+    # H = A (x) B_H and Sigma = A (x) B_S, with vec() running over (row i, column j).
+    h = np.kron(a.T @ a / n, dh.T @ dh / n)
+    sigma = np.kron(a.T @ a / n, d.T @ d / n)
+    avar = np.linalg.inv(h) @ sigma @ np.linalg.inv(h)
+    expected = n * theta.reshape(-1) ** 2 / np.diag(avar)
+    got = wald_block(theta, stats, damping=0.0, variance_floor=0.0)
+    np.testing.assert_allclose(got.reshape(-1), expected, rtol=1e-9)
+    # OBS: theta^2 / (2 [A^-1]_ii) per unit.
+    expected_obs = theta**2 / (2 * np.diag(np.linalg.inv(a.T @ a / n)))[:, None]
+    np.testing.assert_allclose(obs(theta, stats, damping=0.0), expected_obs, rtol=1e-9)
+    # A pruned weight conditions the others: [A_FF^-1] instead of [A^-1].
+    theta[0, 0] = 0.0
+    free = np.ones(i, bool)
+    free[0] = False
+    a_ff = (a.T @ a / n)[np.ix_(free, free)]
+    conditional = theta[1:, 0] ** 2 / (2 * np.diag(np.linalg.inv(a_ff)))
+    np.testing.assert_allclose(obs(theta, stats, damping=0.0)[1:, 0], conditional, rtol=1e-9)
+    # Group (unit) Wald: n theta_j^T Avar_jj^-1 theta_j.
+    grouped = get_criterion("wald_block").group_scores(
+        [theta],
+        [stats],
+        [tsp.granularity.group_ids(theta.shape, "unit")],
+        damping=0.0,
+        variance_floor=0.0,
+    )
+    for j in range(o):
+        idx = np.arange(i) * o + j
+        block = avar[np.ix_(idx, idx)]
+        np.testing.assert_allclose(
+            grouped[j], n * theta[:, j] @ np.linalg.solve(block, theta[:, j]), rtol=1e-8
+        )
+
+
+def test_restricted_estimator_reaches_the_constrained_optimum_of_a_quadratic_loss():
+    # Linear regression with squared error: the loss is exactly quadratic, so the
+    # restricted estimator is least squares on the kept inputs (plus the bias).
+    rng = np.random.default_rng(3)
+    n, d, k = 400, 8, 2
+    x = rng.normal(size=(n, d)) @ rng.normal(size=(d, d))  # correlated inputs
+    y = x @ rng.normal(size=(d, k)) + 0.3 + 0.1 * rng.normal(size=(n, k))
+    design = np.hstack([x, np.ones((n, 1))])
+    full = np.linalg.lstsq(design, y, rcond=None)[0]
+    model = keras.Sequential([keras.layers.Dense(k, input_shape=(d,), dtype="float64")])
+    model.compile(loss="mse")
+    model.set_weights([full[:-1], full[-1]])
+    pruned = tsp.prune_once(
+        model, (x, y), 0.5, "obs", substeps=1, damping=0.0, min_weights_per_class=0, verbose=0
+    )
+    kernel, bias = (w.numpy() for w in pruned.layers[0].weights)
+    assert (kernel == 0).sum() == d * k // 2
+    for j in range(k):
+        kept = kernel[:, j] != 0
+        columns = np.hstack([x[:, kept], np.ones((n, 1))])
+        optimum = np.linalg.lstsq(columns, y[:, j], rcond=None)[0]
+        np.testing.assert_allclose(kernel[kept, j], optimum[:-1], rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(bias[j], optimum[-1], rtol=1e-6, atol=1e-9)
+    # the same update through the pure function, with V = A^-1 written out
+    a = design.T @ design
+    keep = np.vstack([kernel != 0, np.ones((1, k), bool)])
+    new_kernel, new_bias = restricted_update(
+        full[:-1], full[-1], KroneckerFactors(n, a, np.eye(k), None, True), keep, damping=0.0
+    )
+    v = np.linalg.inv(a / n)
+    for j in range(k):
+        p = ~keep[:, j]
+        theta = full[:, j]
+        expected = theta - v[:, p] @ np.linalg.solve(v[np.ix_(p, p)], theta[p])
+        np.testing.assert_allclose(np.append(new_kernel[:, j], new_bias[j]), expected, atol=1e-9)
+
+
+def test_block_criteria_need_dense_kernels_and_keep_every_class(tiny_mlp_data):
+    model, x, y = tiny_mlp_data
+    pruned = tsp.prune_once(model, (x, y), 0.95, "wald_block", verbose=0)
+    out = pruned.get_layer("output").kernel.numpy()
+    assert np.all((out != 0).sum(axis=0) >= 1)
+    for name in ("fc1", "fc2"):
+        kernel = pruned.get_layer(name).kernel.numpy()
+        assert (kernel == 0).sum() == tsp.masking.round_half_up(0.95 * kernel.size)
+    assert (out == 0).sum() == out.size - out.shape[1]  # the guard wins over the count
+    conv = keras.Sequential(
+        [
+            keras.layers.Conv2D(2, 3, input_shape=(5, 5, 1)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(2),
+        ]
+    )
+    conv.compile(loss="mse")
+    data = (np.zeros((4, 5, 5, 1), np.float32), np.zeros((4, 2), np.float32))
+    with pytest.raises(ValueError, match="Dense"):
+        tsp.prune_once(conv, data, 0.5, "obs", verbose=0)
+
+
+def test_wald_block_inside_fit_updates_the_survivors(tiny_mlp_data):
+    model, x, y = tiny_mlp_data
+    pruned = tsp.prune_statistically(
+        model, (x, y), "wald_block", tsp.OneShotSparsity(0.6), hessian="ggn"
+    )
+    before = model.get_layer("fc2").kernel.numpy()
+    pruned.compile("sgd", "sparse_categorical_crossentropy")
+    pruned.fit(x, y, epochs=1, batch_size=60, callbacks=tsp.callbacks((x, y), verbose=0), verbose=0)
+    after = tsp.strip_pruning(pruned).get_layer("fc2").kernel.numpy()
+    kept = after != 0
+    assert (~kept).sum() == tsp.masking.round_half_up(0.6 * after.size)
+    # survivors moved by the compensation far more than one SGD step would move them
+    assert np.abs(after[kept] - before[kept]).max() > 1e-3
