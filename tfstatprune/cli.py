@@ -4,6 +4,9 @@ Subcommands (``tfstatprune <command> --help`` for their options):
 
 * ``demo``: train LeNet-300-100 on MNIST, prune it to 90 % with the Wald test and
   with magnitude, and compare them (the program is ``examples/demo.py``).
+* ``export``: write a Keras model as .tflite, validated, with a size report
+  (:mod:`tflite_export.cli`).
+* ``bench``: batch-1 latency (and accuracy) of .tflite files side by side.
 
 Each subcommand is one :class:`Command`: a name, a help line, a function adding
 its arguments to an ``argparse`` parser and a function running it on the parsed
@@ -35,6 +38,7 @@ __all__ = [
     "OutputConflict",
     "OutputDir",
     "Table",
+    "UsageError",
     "build_parser",
     "format_markdown",
     "format_text",
@@ -45,6 +49,7 @@ __all__ = [
 PROG = "tfstatprune"
 EXIT_OK = 0
 EXIT_ERROR = 1
+EXIT_USAGE = 2
 
 DEMO_DEFAULT_OUT = Path("runs") / "demo"
 DEMO_DEFAULT_SEED = 0
@@ -59,6 +64,10 @@ class CommandError(Exception):
 
 class OutputConflict(CommandError):
     """An output path exists and was not written by this command."""
+
+
+class UsageError(CommandError):
+    """A wrong command line (a missing or unreadable input, say): exit status 2, as argparse."""
 
 
 # ----------------------------------------------------------------------- tables
@@ -371,6 +380,17 @@ def _run_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _from_tflite_export(name: str) -> Callable[[Any], Any]:
+    """``tflite_export.cli.<name>``, imported when called (tflite_export imports tfstatprune)."""
+
+    def call(argument: Any) -> Any:
+        from tflite_export import cli as export_cli
+
+        return getattr(export_cli, name)(argument)
+
+    return call
+
+
 COMMANDS: tuple[Command, ...] = (
     Command(
         name="demo",
@@ -385,6 +405,32 @@ COMMANDS: tuple[Command, ...] = (
         ),
         add_arguments=_add_demo_arguments,
         run=_run_demo,
+    ),
+    Command(
+        name="export",
+        help="write a Keras model (pruned or not) as .tflite, validated against Keras",
+        description=(
+            "Load MODEL (a .keras or .h5 file; pruning wrappers are stripped), convert it "
+            "to TFLite (float32, or --quantize), check the .tflite outputs against Keras "
+            "and print the file size and how every weight tensor is stored (dense, sparse "
+            "and densified at load, or run by the native sparse kernel). An existing "
+            "OUT.tflite is replaced only with --overwrite."
+        ),
+        add_arguments=_from_tflite_export("add_export_arguments"),
+        run=_from_tflite_export("run_export"),
+    ),
+    Command(
+        name="bench",
+        help="batch-1 latency (and accuracy) of .tflite files, side by side",
+        description=(
+            "Time one invoke() of each .tflite file with the LiteRT interpreter, the "
+            "files interleaved round by round so that they see the same machine load; "
+            "print p50/p90 latency, file size raw and gzipped, how the weights are "
+            "stored, the accuracy on the MNIST test set with --data mnist, and the adb "
+            "commands that repeat the measurement with benchmark_model on an Android phone."
+        ),
+        add_arguments=_from_tflite_export("add_bench_arguments"),
+        run=_from_tflite_export("run_bench"),
     ),
 )
 
@@ -440,7 +486,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROG, command: str | 
     except CommandError as err:
         where = prog if command is not None else f"{prog} {args.command}"
         print(f"{where}: error: {err}", file=sys.stderr)
-        return EXIT_ERROR
+        return EXIT_USAGE if isinstance(err, UsageError) else EXIT_ERROR
 
 
 if __name__ == "__main__":  # pragma: no cover
