@@ -61,12 +61,23 @@ def test_group_scores_by_hand():
 def test_unit_pruning_removes_whole_units_exactly(tiny_mlp_data, criterion):
     model, x, y = tiny_mlp_data
     pruned = tsp.prune_once(model, (x, y), 0.5, criterion, granularity="unit", verbose=0)
-    for name in ("fc1", "fc2", "output"):
-        layer = pruned.get_layer(name)
+    everything = tsp.prune_once(
+        model,
+        (x, y),
+        0.5,
+        criterion,
+        granularity="unit",
+        layers=["fc1", "fc2", "output"],
+        verbose=0,
+    )
+    for name, chosen in [("fc1", pruned), ("fc2", pruned), ("output", everything)]:
+        layer = chosen.get_layer(name)
         kernel, bias = layer.kernel.numpy(), layer.bias.numpy()
         dead = np.all(kernel == 0, axis=0)
         assert dead.sum() == round_half_up(0.5 * kernel.shape[1]), name
         assert np.all(bias[dead] == 0) and np.all(kernel[:, ~dead].any(axis=0))
+    # By default the output layer keeps its units (its classes).
+    assert pruned.get_layer("output").kernel.numpy().any(axis=0).all()
 
 
 def test_block_pruning_zeroes_blocks_of_four_inputs(tiny_mlp_data):

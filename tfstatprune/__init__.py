@@ -29,6 +29,7 @@ from tfstatprune.keras import (
     prune_scope,
     prune_statistically,
     scores,
+    sparsity_report,
     strip_pruning,
 )
 from tfstatprune.masking import compute_masks
@@ -58,6 +59,7 @@ __all__ = [
     "schedules",
     "scores",
     "shrink",
+    "sparsity_report",
     "stats",
     "strip_pruning",
     "wald_pvalues",

@@ -74,6 +74,14 @@ import tensorflow as tf
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 
 from tfstatprune._keras import keras, require_tf_keras_model
+from tfstatprune.keras.graph import LayerCall as _Call
+from tfstatprune.keras.graph import TensorKey
+from tfstatprune.keras.graph import is_elementwise as _is_elementwise
+from tfstatprune.keras.graph import layer_calls as _calls
+from tfstatprune.keras.graph import lookup as _lookup
+from tfstatprune.keras.graph import model_nodes as _nodes
+from tfstatprune.keras.graph import require_graph as _require_graph
+from tfstatprune.keras.graph import tensor_key as _key
 from tfstatprune.keras.layers import iter_layers, prunable_weights
 
 __all__ = ["SUPPORTED_LAYERS", "ShrinkResult", "count_flops", "shrink"]
@@ -90,30 +98,6 @@ _STRIP_FIRST = (
     "The model still contains pruning wrappers ({names}); strip it first with "
     "tfstatprune.strip_pruning(model)."
 )
-
-# Activations f with f(x)[i] = f(x[i]): a constant pre-activation gives a constant output.
-_ELEMENTWISE_ACTIVATIONS = frozenset(
-    {
-        "linear",
-        "relu",
-        "relu6",
-        "leaky_relu",
-        "elu",
-        "selu",
-        "gelu",
-        "swish",
-        "silu",
-        "mish",
-        "tanh",
-        "sigmoid",
-        "hard_sigmoid",
-        "softplus",
-        "softsign",
-        "exponential",
-    }
-)
-
-TensorKey = tuple[str, int, int]
 
 
 # ----------------------------------------------------------------------------- result
@@ -215,14 +199,6 @@ _FLOPS: dict[type, _FlopsRule] = {
 }
 
 
-def _lookup(registry: dict[type, Any], layer: keras.layers.Layer) -> Any:
-    """The registry entry of the closest class in ``layer``'s MRO (None if none)."""
-    for cls in type(layer).__mro__:
-        if cls in registry:
-            return registry[cls]
-    return None
-
-
 def count_flops(model: keras.Model) -> int:
     """Multiply-adds of the Dense and convolution layers of ``model`` for one example.
 
@@ -260,58 +236,6 @@ def count_flops(model: keras.Model) -> int:
         out_shape = tuple(tf.nest.flatten(node.outputs)[0].shape)
         total += rule(layer, in_shape, out_shape)
     return total
-
-
-# ----------------------------------------------------------------------------- graph
-
-
-def _require_graph(model: keras.Model, what: str) -> None:
-    if getattr(model, "_is_graph_network", False):
-        return
-    if isinstance(model, keras.Sequential):
-        raise ValueError(
-            f"{what} needs a built Sequential model with a known input shape; model "
-            f"{model.name!r} has none. Start it with keras.Input(shape=...) (or give its "
-            "first layer input_shape=...)."
-        )
-    raise TypeError(
-        f"{what} works on Sequential and functional models, but {model.name!r} is a "
-        f"subclassed model ({type(model).__name__}) whose layer graph is not known. "
-        "Rebuild it as a functional model (keras.Model(inputs, outputs)) and copy the "
-        "weights over."
-    )
-
-
-def _nodes(model: keras.Model) -> list[Any]:
-    """The model's layer calls (Keras nodes), inputs first (topological order)."""
-    by_depth = model._nodes_by_depth
-    return [node for depth in sorted(by_depth, reverse=True) for node in by_depth[depth]]
-
-
-def _key(tensor: Any) -> TensorKey:
-    history = tensor._keras_history
-    return (history.layer.name, history.node_index, history.tensor_index)
-
-
-class _Call(NamedTuple):
-    """One call of a layer inside the model: the unit of analysis."""
-
-    layer: keras.layers.Layer
-    inputs: list[Any]
-    outputs: list[Any]
-
-    def in_shape(self, index: int = 0) -> tuple[int | None, ...]:
-        return tuple(self.inputs[index].shape)
-
-    def out_shape(self, index: int = 0) -> tuple[int | None, ...]:
-        return tuple(self.outputs[index].shape)
-
-
-def _calls(model: keras.Model) -> list[_Call]:
-    return [
-        _Call(node.layer, list(tf.nest.flatten(node.keras_inputs)), tf.nest.flatten(node.outputs))
-        for node in _nodes(model)
-    ]
 
 
 # ----------------------------------------------------------------------------- analysis
@@ -472,10 +396,6 @@ class _Source(_Rule):
 
     def forward(self, call, inputs, analysis):
         return [analysis.fixed_channels(tensor) for tensor in call.outputs]
-
-
-def _is_elementwise(activation: Callable[..., Any] | None) -> bool:
-    return getattr(activation, "__name__", None) in _ELEMENTWISE_ACTIVATIONS
 
 
 def _pads_with_zeros(layer: keras.layers.Layer) -> bool:

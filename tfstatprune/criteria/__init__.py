@@ -2,6 +2,7 @@
 
 from tfstatprune.criteria import block as _block  # noqa: F401  (registers criteria)
 from tfstatprune.criteria import classic as _classic  # noqa: F401  (registers criteria)
+from tfstatprune.criteria import structured as _structured  # noqa: F401  (registers criteria)
 from tfstatprune.criteria.block import obs, wald_block
 from tfstatprune.criteria.classic import magnitude, obd, random
 from tfstatprune.criteria.registry import (
@@ -10,11 +11,14 @@ from tfstatprune.criteria.registry import (
     get_criterion,
     register_criterion,
 )
+from tfstatprune.criteria.structured import apoz, bn_scale
 from tfstatprune.criteria.wald import curvature_diagonal, wald, wald_pvalues
 
 __all__ = [
     "Criterion",
+    "apoz",
     "available_criteria",
+    "bn_scale",
     "curvature_diagonal",
     "get_criterion",
     "magnitude",

@@ -34,10 +34,20 @@ HESSIAN_OPTION = "hessian"
 
 
 class StatsRequest(NamedTuple):
-    """Which statistics a criterion needs: a curvature, and Kronecker factors or not."""
+    """Which statistics a criterion needs: a curvature, and Kronecker factors or not.
+
+    ``loss``: the per-example function whose gradient statistics are wanted
+    instead of the training loss (``sensitivity``: the true-class output).
+    ``history``: the criterion reads the weight history recorded during
+    training (:class:`tfstatprune.stats.history.UpdateStatistics`, from a
+    :class:`tfstatprune.WeightHistory` passed as ``stats_data``), no gradients.
+    """
 
     hessian: str = "fisher"
     kronecker: bool = False
+    loss: Any = None
+    history: bool = False
+    activations: bool = False  # zero counts of Dense/Conv activations (ActivationStatistics)
 
 
 def _needs_nothing(options: Mapping[str, Any]) -> str | None:
@@ -66,6 +76,8 @@ class Criterion(NamedTuple):
       update: optional weight update after pruning (the restricted estimator):
         ``update(kernel, bias, stats, keep, **options) -> (kernel, bias)``,
         ``keep`` the ``[I(+1), O]`` free set (bias row last when there is one).
+      groups_only: the criterion scores whole units/filters only (``apoz``,
+        ``bn_scale``): calling it on single weights is an error.
     """
 
     name: str
@@ -73,6 +85,7 @@ class Criterion(NamedTuple):
     statistics: Callable[[Mapping[str, Any]], str | StatsRequest | None]
     group: str | GroupFn = "sum"
     update: UpdateFn | None = None
+    groups_only: bool = False
 
     def request(self, options: Mapping[str, Any]) -> StatsRequest | None:
         """The statistics needed for ``options``, as a :class:`StatsRequest` (or None)."""
@@ -84,6 +97,11 @@ class Criterion(NamedTuple):
     def __call__(
         self, theta: np.ndarray, stats: WeightStatistics | None = None, **options: Any
     ) -> np.ndarray:
+        if self.groups_only:
+            raise ValueError(
+                f"criterion {self.name!r} scores whole units or filters, not single weights: "
+                "use granularity='unit' or 'filter'"
+            )
         scores = np.asarray(self.fn(theta, stats, **options), dtype=np.float64)
         if scores.shape != np.shape(theta):
             raise ValueError(
@@ -115,6 +133,7 @@ def register_criterion(
     statistics: Callable[[Mapping[str, Any]], str | None] | str | None = "fisher",
     group: str | GroupFn = "sum",
     update: UpdateFn | None = None,
+    groups_only: bool = False,
     overwrite: bool = False,
 ) -> Callable[[CriterionFn], CriterionFn]:
     """Decorator registering ``fn`` under ``name``.
@@ -126,6 +145,8 @@ def register_criterion(
         returning one of those.
       group: the group form (see :class:`Criterion`).
       update: the weight update after pruning (see :class:`Criterion`).
+      groups_only: ``fn`` is never called on single weights; ``group`` (a
+        function) scores units/filters (see :class:`Criterion`).
       overwrite: replace an existing entry instead of raising.
     """
     if statistics is None:
@@ -141,7 +162,7 @@ def register_criterion(
     def decorate(fn: CriterionFn) -> CriterionFn:
         if name in _CRITERIA and not overwrite:
             raise ValueError(f"criterion {name!r} is already registered; pass overwrite=True")
-        _CRITERIA[name] = Criterion(name, fn, needs, group, update)
+        _CRITERIA[name] = Criterion(name, fn, needs, group, update, groups_only)
         return fn
 
     return decorate

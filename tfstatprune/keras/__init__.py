@@ -9,10 +9,12 @@ from tfstatprune.keras.api import (
     strip_pruning,
 )
 from tfstatprune.keras.callbacks import StatisticalPruning, callbacks
+from tfstatprune.keras.report import SparsityReport, sparsity_report
 from tfstatprune.keras.wrapper import PruneStatistically
 
 __all__ = [
     "PruneStatistically",
+    "SparsityReport",
     "StatisticalPruning",
     "callbacks",
     "copy_model",
@@ -20,5 +22,6 @@ __all__ = [
     "prune_scope",
     "prune_statistically",
     "scores",
+    "sparsity_report",
     "strip_pruning",
 ]

@@ -14,6 +14,7 @@ from tensorflow_model_optimization.python.core.sparsity.keras import (
 )
 
 from tfstatprune._keras import keras
+from tfstatprune.keras.consistency import consistent_masks, update_wrapper_masks
 from tfstatprune.keras.scoring import (
     decide_masks,
     mask_units,
@@ -37,7 +38,10 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
     scores the prunable weights with each wrapper's criterion, turns the scores
     into masks (:func:`tfstatprune.masking.compute_masks`: exact counts,
     layer or global scope, what is pruned stays pruned, ties broken by
-    ``|theta|``), writes them into the wrappers and applies them.
+    ``|theta|``), writes them into the wrappers and applies them. Units and
+    filters pruned with ``granularity="unit"``/``"filter"`` also zero the input
+    rows that read them in wrapped layers downstream; layers that are not
+    wrapped are left alone (:mod:`tfstatprune.keras.consistency`).
 
     Args:
       stats_data: ``(x, y)`` arrays or a ``tf.data.Dataset`` of ``(x, y)``
@@ -170,6 +174,7 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
                 previous=previous,
                 keep_per_column=protect,
             )
+            masks = consistent_masks(self.model, self._wrappers, masks)
             updates = restricted_updates(
                 units,
                 resolve_criterion(first.criterion, first.criterion_options),
@@ -182,6 +187,7 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
                 variables[name].assign(np.asarray(value, variables[name].dtype.as_numpy_dtype))
             for wrapper in wrappers:
                 wrapper.set_masks(masks, step)
+        update_wrapper_masks(self.model, self._wrappers)  # rows of wrappers not due now
         record = {
             "step": step,
             "seconds": time.perf_counter() - started,

@@ -1,5 +1,6 @@
 """Per-example gradient statistics: the interface between data and criteria."""
 
+from tfstatprune.stats.activations import ActivationStatistics
 from tfstatprune.stats.collector import (
     HESSIANS,
     CollectedStatistics,
@@ -23,6 +24,7 @@ from tfstatprune.stats.rules import (
 
 __all__ = [
     "HESSIANS",
+    "ActivationStatistics",
     "BatchMoments",
     "BatchNormalizationRule",
     "CollectedStatistics",

@@ -41,6 +41,7 @@ class WeightStatistics(NamedTuple):
     curvature: np.ndarray | None = None
     regularizer_curvature: np.ndarray | float = 0.0
     kronecker: Any = None  # KroneckerFactors of the layer, on a Dense kernel when asked
+    activations: Any = None  # ActivationStatistics of the layer, on its kernel when asked
 
     @classmethod
     def zeros(cls, shape: tuple[int, ...], *, with_curvature: bool = False) -> WeightStatistics:
@@ -67,6 +68,9 @@ class WeightStatistics(NamedTuple):
             self.regularizer_curvature,
             self.kronecker.merge(other.kronecker)
             if self.kronecker is not None and other.kronecker is not None
+            else None,
+            self.activations.merge(other.activations)
+            if self.activations is not None and other.activations is not None
             else None,
         )
 
