@@ -13,7 +13,7 @@ Keras: tfstatprune uses tf_keras (Keras 2), as tensorflow-model-optimization
 does; see :mod:`tfstatprune._keras`.
 """
 
-from tfstatprune import criteria, masking, schedules, stats
+from tfstatprune import criteria, masking, regularizers, schedules, stats
 from tfstatprune.criteria import (
     available_criteria,
     get_criterion,
@@ -22,9 +22,12 @@ from tfstatprune.criteria import (
 )
 from tfstatprune.keras import (
     PruneStatistically,
+    SensitivityRegularization,
     StatisticalPruning,
+    WeightHistory,
     callbacks,
     copy_model,
+    prune_by_threshold,
     prune_once,
     prune_scope,
     prune_statistically,
@@ -43,7 +46,9 @@ __all__ = [
     "IterativeSparsity",
     "OneShotSparsity",
     "PruneStatistically",
+    "SensitivityRegularization",
     "StatisticalPruning",
+    "WeightHistory",
     "available_criteria",
     "callbacks",
     "collect_statistics",
@@ -52,10 +57,12 @@ __all__ = [
     "criteria",
     "get_criterion",
     "masking",
+    "prune_by_threshold",
     "prune_once",
     "prune_scope",
     "prune_statistically",
     "register_criterion",
+    "regularizers",
     "schedules",
     "scores",
     "shrink",

@@ -4,6 +4,8 @@ Subcommands (``tfstatprune <command> --help`` for their options):
 
 * ``demo``: train LeNet-300-100 on MNIST, prune it to 90 % with the Wald test and
   with magnitude, and compare them (the program is ``examples/demo.py``).
+* ``compare``: every criterion one-shot on the same trained model, over seeds
+  (:mod:`tfstatprune.compare`).
 * ``export``: write a Keras model as .tflite, validated, with a size report
   (:mod:`tflite_export.cli`).
 * ``bench``: batch-1 latency (and accuracy) of .tflite files side by side.
@@ -380,6 +382,18 @@ def _run_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_compare_arguments(parser: argparse.ArgumentParser) -> None:
+    from tfstatprune import compare  # imports cli: import it when used
+
+    compare.add_arguments(parser)
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from tfstatprune import compare
+
+    return compare.run_from_args(args)
+
+
 def _from_tflite_export(name: str) -> Callable[[Any], Any]:
     """``tflite_export.cli.<name>``, imported when called (tflite_export imports tfstatprune)."""
 
@@ -405,6 +419,21 @@ COMMANDS: tuple[Command, ...] = (
         ),
         add_arguments=_add_demo_arguments,
         run=_run_demo,
+    ),
+    Command(
+        name="compare",
+        help="prune one trained model one-shot by every criterion; accuracy, compression, speedup",
+        description=(
+            "Train a model on MNIST once per seed (or reuse the one a previous run trained "
+            "with the same settings), prune it one-shot by every criterion to every sparsity, "
+            "optionally retrain each pruned model with its zeros kept, and print test "
+            "accuracy (mean and standard deviation over the seeds), compression ratio and "
+            "theoretical speedup. The table (markdown), the numbers (JSON) and a plot go "
+            "to --out; files there the command did not write are never overwritten "
+            "without --force."
+        ),
+        add_arguments=_add_compare_arguments,
+        run=_run_compare,
     ),
     Command(
         name="export",

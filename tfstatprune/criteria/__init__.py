@@ -2,16 +2,22 @@
 
 from tfstatprune.criteria import block as _block  # noqa: F401  (registers criteria)
 from tfstatprune.criteria import classic as _classic  # noqa: F401  (registers criteria)
+from tfstatprune.criteria import history as _history  # noqa: F401  (registers criteria)
+from tfstatprune.criteria import sensitivity as _sensitivity  # noqa: F401  (registers criteria)
 from tfstatprune.criteria import structured as _structured  # noqa: F401  (registers criteria)
+from tfstatprune.criteria import taylor as _taylor  # noqa: F401  (registers criteria)
 from tfstatprune.criteria.block import obs, wald_block
 from tfstatprune.criteria.classic import magnitude, obd, random
+from tfstatprune.criteria.history import n2ps, weight_updates
 from tfstatprune.criteria.registry import (
     Criterion,
     available_criteria,
     get_criterion,
     register_criterion,
 )
+from tfstatprune.criteria.sensitivity import sensitivity
 from tfstatprune.criteria.structured import apoz, bn_scale
+from tfstatprune.criteria.taylor import taylor
 from tfstatprune.criteria.wald import curvature_diagonal, wald, wald_pvalues
 
 __all__ = [
@@ -22,11 +28,15 @@ __all__ = [
     "curvature_diagonal",
     "get_criterion",
     "magnitude",
+    "n2ps",
     "obs",
     "obd",
     "random",
     "register_criterion",
+    "sensitivity",
+    "taylor",
     "wald",
     "wald_block",
     "wald_pvalues",
+    "weight_updates",
 ]

@@ -9,15 +9,21 @@ from tfstatprune.keras.api import (
     strip_pruning,
 )
 from tfstatprune.keras.callbacks import StatisticalPruning, callbacks
+from tfstatprune.keras.history import WeightHistory
 from tfstatprune.keras.report import SparsityReport, sparsity_report
+from tfstatprune.keras.sensitivity import SensitivityRegularization
+from tfstatprune.keras.threshold import prune_by_threshold
 from tfstatprune.keras.wrapper import PruneStatistically
 
 __all__ = [
     "PruneStatistically",
+    "SensitivityRegularization",
     "SparsityReport",
     "StatisticalPruning",
+    "WeightHistory",
     "callbacks",
     "copy_model",
+    "prune_by_threshold",
     "prune_once",
     "prune_scope",
     "prune_statistically",

@@ -14,6 +14,7 @@ from tensorflow_model_optimization.python.core.sparsity.keras import (
 )
 
 from tfstatprune._keras import keras
+from tfstatprune.keras.adjust import adjust_after_pruning, connections
 from tfstatprune.keras.consistency import consistent_masks, update_wrapper_masks
 from tfstatprune.keras.scoring import (
     decide_masks,
@@ -23,7 +24,7 @@ from tfstatprune.keras.scoring import (
     score_units,
 )
 from tfstatprune.keras.wrapper import PruneStatistically
-from tfstatprune.schedules import schedule_decision
+from tfstatprune.schedules import IterativeSparsity, schedule_decision
 
 __all__ = ["StatisticalPruning", "callbacks"]
 
@@ -52,6 +53,13 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
       seed: seed for sampled labels and for the ``random`` criterion.
       verbose: 1 prints one line per pruning step, 2 adds the statistics
         progress bar, 0 is silent.
+      adjust_dropout: after each mask update, scale the rate of the Dropout
+        feeding a pruned layer by ``sqrt(C_after / C_before)``, C its
+        connections (Han et al. 2015; :mod:`tfstatprune.keras.adjust`).
+        None: only for wrappers with an ``IterativeSparsity`` schedule.
+      reset_batchnorm: after each mask update, reset the moving statistics of
+        the BatchNormalization layers after a pruned layer, to be re-learned.
+        None: only for wrappers with an ``IterativeSparsity`` schedule.
 
     Example:
       >>> cb = StatisticalPruning(stats_data=None, verbose=0)
@@ -68,8 +76,12 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
         batch_size: int | None = None,
         seed: int = 0,
         verbose: int = 1,
+        adjust_dropout: bool | None = None,
+        reset_batchnorm: bool | None = None,
     ) -> None:
         super().__init__()
+        self.adjust_dropout = adjust_dropout
+        self.reset_batchnorm = reset_batchnorm
         self.stats_data = stats_data
         self.loss = loss
         self.max_examples = max_examples
@@ -121,6 +133,7 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
     def update_masks(self, due: Sequence[tuple[PruneStatistically, float]], step: int) -> None:
         """Score and remask ``due`` (wrapper, target sparsity) pairs at ``step``."""
         started = time.perf_counter()
+        before = {w: connections(w) for w in self._wrappers}
         for wrapper in self._wrappers:
             wrapper.apply_masks()
         groups = _group_by_criterion(due)
@@ -188,6 +201,7 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
             for wrapper in wrappers:
                 wrapper.set_masks(masks, step)
         update_wrapper_masks(self.model, self._wrappers)  # rows of wrappers not due now
+        self._adjust({w: (c, connections(w)) for w, c in before.items()}, due)
         record = {
             "step": step,
             "seconds": time.perf_counter() - started,
@@ -201,6 +215,18 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
                 f"\n[tfstatprune] step {step}: masks updated in {record['seconds']:.1f} s "
                 f"({examples} examples): {levels}"
             )
+
+    def _adjust(
+        self,
+        changes: dict[PruneStatistically, tuple[int, int]],
+        due: Sequence[tuple[PruneStatistically, float]],
+    ) -> None:
+        """Dropout rates and BatchNormalization statistics after pruned layers."""
+        iterative = any(isinstance(w.pruning_schedule, IterativeSparsity) for w, _ in due)
+        dropout = iterative if self.adjust_dropout is None else self.adjust_dropout
+        batchnorm = iterative if self.reset_batchnorm is None else self.reset_batchnorm
+        if dropout or batchnorm:
+            adjust_after_pruning(self.model, changes, dropout=dropout, batchnorm=batchnorm)
 
 
 def _sparsity(wrapper: PruneStatistically) -> float:
