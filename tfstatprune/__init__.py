@@ -21,12 +21,14 @@ from tfstatprune.criteria import (
     wald_pvalues,
 )
 from tfstatprune.keras import (
+    AutoPruneResult,
     PruneStatistically,
     SensitivityRegularization,
     StatisticalPruning,
     WeightHistory,
     callbacks,
     copy_model,
+    prune_auto,
     prune_by_threshold,
     prune_once,
     prune_scope,
@@ -58,6 +60,8 @@ __all__ = [
     "get_criterion",
     "masking",
     "prune_by_threshold",
+    "AutoPruneResult",
+    "prune_auto",
     "prune_once",
     "prune_scope",
     "prune_statistically",

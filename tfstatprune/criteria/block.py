@@ -89,6 +89,7 @@ def block_inverse_diagonals(
     *,
     damping: float = DEFAULT_DAMPING,
     variance_floor: float = DEFAULT_VARIANCE_FLOOR,
+    output_damping: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``([A_FF^-1]_kk per column, M_jj)`` from the factors, for free sets ``free``."""
     n = max(factors.count, 1)
@@ -96,7 +97,7 @@ def block_inverse_diagonals(
     inv_a = _free_inverse_diagonal(a, free)
     if factors.curvature is None:
         raise ValueError("block criteria need curvature factors: collect with hessian='ggn'")
-    b_h = _damped(factors.curvature / n, damping)
+    b_h = _damped(factors.curvature / n, damping if output_damping is None else output_damping)
     b_s = factors.gradients / n
     b_h_inv = np.linalg.inv(b_h)
     m = np.diag(b_h_inv @ b_s @ b_h_inv).copy()
@@ -112,6 +113,7 @@ def wald_block_scores(
     *,
     damping: float = DEFAULT_DAMPING,
     variance_floor: float = DEFAULT_VARIANCE_FLOOR,
+    output_damping: float | None = None,
 ) -> np.ndarray:
     """``W_ij = n theta_ij^2 / ([A_FF^-1]_ii M_jj)`` for the ``[I(+1), O]`` block; 0 off F.
 
@@ -120,7 +122,11 @@ def wald_block_scores(
     """
     theta = _augment(kernel, bias)
     inv_a, m = block_inverse_diagonals(
-        factors, free, damping=damping, variance_floor=variance_floor
+        factors,
+        free,
+        damping=damping,
+        variance_floor=variance_floor,
+        output_damping=output_damping,
     )
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         w = factors.count * theta**2 / (inv_a * m[None, :])
@@ -244,6 +250,7 @@ def _wald_block_group(
     hessian: str = "ggn_exact",
     damping: float = DEFAULT_DAMPING,
     variance_floor: float = DEFAULT_VARIANCE_FLOOR,
+    output_damping: float | None = None,
 ) -> np.ndarray:
     """``W_g = n theta_g^T Avar_gg^-1 theta_g`` with ``Avar = A^-1 (x) M`` (chi-square, |g| df).
 
@@ -265,7 +272,7 @@ def _wald_block_group(
     n = max(factors.count, 1)
     a = _damped(factors.inputs / n, damping)
     a_inv = np.linalg.inv(a)
-    b_h = _damped(factors.curvature / n, damping)
+    b_h = _damped(factors.curvature / n, damping if output_damping is None else output_damping)
     b_h_inv = np.linalg.inv(b_h)
     m_full = b_h_inv @ (factors.gradients / n) @ b_h_inv
     m = np.maximum(np.diag(m_full), variance_floor * max(float(np.diag(m_full).mean()), 1e-300))
@@ -305,6 +312,7 @@ def wald_block(
     hessian: str = "ggn_exact",
     damping: float = DEFAULT_DAMPING,
     variance_floor: float = DEFAULT_VARIANCE_FLOOR,
+    output_damping: float | None = None,
 ) -> np.ndarray:
     """Block Wald statistic ``W_ij = n theta_ij^2 / ([A_FF^-1]_ii M_jj)`` (module docstring).
 
@@ -332,6 +340,7 @@ def wald_block(
         _free_rows(theta, factors),
         damping=damping,
         variance_floor=variance_floor,
+        output_damping=output_damping,
     )
     return w[: np.shape(theta)[0]]
 

@@ -1,7 +1,9 @@
 """The Keras glue: wrapper, callbacks and entry points."""
 
 from tfstatprune.keras.api import (
+    AutoPruneResult,
     copy_model,
+    prune_auto,
     prune_once,
     prune_scope,
     prune_statistically,
@@ -24,6 +26,8 @@ __all__ = [
     "callbacks",
     "copy_model",
     "prune_by_threshold",
+    "AutoPruneResult",
+    "prune_auto",
     "prune_once",
     "prune_scope",
     "prune_statistically",

@@ -32,7 +32,7 @@ from tfstatprune.schedules import OneShotSparsity
 from tfstatprune.stats import check_stats_data
 from tfstatprune.stopping import DEFAULT_ALPHA, SparsityChoice, choose_sparsity
 
-DEFAULT_SUBSTEPS = 4
+DEFAULT_SUBSTEPS = 3
 DEFAULT_MIN_WEIGHTS_PER_CLASS = 1
 DEFAULT_AUTO_LEVELS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99)
 
@@ -251,7 +251,7 @@ def prune_once(
         keeps at least this many weights per output unit (class), so no class
         loses all its connections; 0 turns it off.
       substeps: prune in this many steps of geometrically shrinking density,
-        the statistics recomputed between them (default: 4 for criteria that
+        the statistics recomputed between them (default: 3 for criteria that
         update the surviving weights -- ``wald_block``, ``obs`` -- else 1).
       holdout: ``(x, y)`` held-out data for ``sparsity="auto"``.
       alpha: the test level for ``sparsity="auto"``.
@@ -320,18 +320,18 @@ def _prune_copy(
     stats_data: Any,
     sparsity: float,
     *,
-    criterion: Any,
-    scope: str,
-    granularity: Granularity,
-    prune_bias: bool,
-    layers: Sequence[str] | None,
-    min_weights_per_class: int,
-    substeps: int | None,
-    loss: Any,
-    max_examples: int | None,
-    batch_size: int | None,
-    seed: int,
-    verbose: int,
+    criterion: Any = "wald",
+    scope: str = "layer",
+    granularity: Granularity = "weight",
+    prune_bias: bool = False,
+    layers: Sequence[str] | None = None,
+    min_weights_per_class: int = DEFAULT_MIN_WEIGHTS_PER_CLASS,
+    substeps: int | None = None,
+    loss: Any = None,
+    max_examples: int | None = None,
+    batch_size: int | None = None,
+    seed: int = 0,
+    verbose: int = 1,
     **options: Any,
 ) -> keras.Model:
     model = _require_graph_model(model)
