@@ -226,10 +226,21 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment() -> str:
     """One line: CPU, cores, TensorFlow version."""
     return (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"{_cpu_name()}, {os.cpu_count()} cores, "
         f"TensorFlow {tf.__version__}, tf_keras {keras.__version__}"
     )
 
@@ -247,6 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", default=None, help="write a markdown report here")
     args = parser.parse_args(argv)
+    load_before = os.getloadavg()[0]
     rows = [
         measure(name, args.examples, args.generic_examples, args.repeats)
         for name in args.models.split(",")
@@ -258,7 +270,8 @@ def main(argv: list[str] | None = None) -> None:
         command = " ".join(["python -m benchmarks.stats_cost", *given])
         with open(args.out, "w") as f:
             f.write("# Cost of Wald scoring vs one plain gradient pass\n\n")
-            f.write(f"Command: `{command}`\n\nMachine: {environment()}.\n\n")
+            load = f"load average {load_before:.1f} before the run, {os.getloadavg()[0]:.1f} after"
+            f.write(f"Command: `{command}`\n\nMachine: {environment()}; {load}.\n\n")
             f.write(text + "\n\n" + NOTES + "\n")
 
 
