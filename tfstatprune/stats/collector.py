@@ -315,6 +315,22 @@ def _slice(structure: Any, start: int, stop: int) -> Any:
     return tf.nest.map_structure(lambda t: t[start:stop], structure)
 
 
+def _dataset_spec(data: Any) -> Any:
+    """The element spec of a ``tf.data.Dataset`` of ``(x, y[, w])``; a clear error otherwise."""
+    if not isinstance(data, tf.data.Dataset):
+        raise TypeError(
+            "stats_data must be a tf.data.Dataset of (x, y) batches or an (x, y) tuple of "
+            f"arrays, got {type(data).__name__}"
+        )
+    spec = data.element_spec
+    if not (isinstance(spec, tuple) and len(spec) in (2, 3)):
+        raise ValueError(
+            "stats_data must yield (x, y) or (x, y, sample_weight) tuples, got elements "
+            f"of structure {spec}"
+        )
+    return spec
+
+
 def _iter_chunks(
     data: Any, chunk_size: int, max_examples: int | None, input_rank: int | None
 ) -> Iterator[tuple[Any, Any]]:
@@ -333,17 +349,7 @@ def _iter_chunks(
                 return
             yield _slice(x, start, stop), _slice(y, start, stop)
         return
-    if not isinstance(data, tf.data.Dataset):
-        raise TypeError(
-            "stats_data must be a tf.data.Dataset of (x, y) batches or an (x, y) tuple of "
-            f"arrays, got {type(data).__name__}"
-        )
-    spec = data.element_spec
-    if not (isinstance(spec, tuple) and len(spec) in (2, 3)):
-        raise ValueError(
-            "stats_data must yield (x, y) or (x, y, sample_weight) tuples, got elements "
-            f"of structure {spec}"
-        )
+    spec = _dataset_spec(data)
     x_spec = tf.nest.flatten(spec[0])[0]
     if input_rank is not None and x_spec.shape.rank == input_rank - 1:
         data = data.batch(chunk_size)  # a data set of single examples
@@ -393,17 +399,7 @@ def _example_spec(data: Any, input_rank: int | None) -> Any:
         return tf.nest.map_structure(
             lambda t: tf.TensorSpec([None, *np.shape(t)[1:]], tf.as_dtype(t.dtype)), arrays[0]
         )
-    if not isinstance(data, tf.data.Dataset):
-        raise TypeError(
-            "stats_data must be a tf.data.Dataset of (x, y) batches or an (x, y) tuple of "
-            f"arrays, got {type(data).__name__}"
-        )
-    spec = data.element_spec
-    if not (isinstance(spec, tuple) and len(spec) in (2, 3)):
-        raise ValueError(
-            "stats_data must yield (x, y) or (x, y, sample_weight) tuples, got elements "
-            f"of structure {spec}"
-        )
+    spec = _dataset_spec(data)
     single = input_rank is not None and tf.nest.flatten(spec[0])[0].shape.rank == input_rank - 1
     return tf.nest.map_structure(
         lambda s: tf.TensorSpec([None, *(s.shape if single else s.shape[1:])], s.dtype), spec[0]
