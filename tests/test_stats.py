@@ -108,3 +108,15 @@ def test_errors_name_the_problem(tiny_mlp_data):
     bare = keras.Sequential([keras.layers.Dense(2, input_shape=(3,))])
     with pytest.raises(ValueError, match="compile the model"):
         collect_statistics(bare, (np.zeros((2, 3)), np.zeros(2)), verbose=0)
+
+
+def test_a_recompiled_loss_is_used(tiny_mlp_data):
+    model, x, y = tiny_mlp_data
+    first = collect_statistics(model, (x, y), verbose=0)
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy())
+    model.compile("adam", lambda t, p: 2.0 * keras.losses.sparse_categorical_crossentropy(t, p))
+    doubled = collect_statistics(model, (x, y), verbose=0)
+    name = model.get_layer("fc2").kernel.name
+    np.testing.assert_allclose(
+        doubled.weights[name].sumsq, 4 * first.weights[name].sumsq, rtol=1e-5
+    )

@@ -446,8 +446,10 @@ def _plan_for(
     activations: bool = False,
 ) -> _Plan:
     """The cached plan for this model, weights, loss, curvature and strategy, or a new one."""
-    key = (tuple(id(v) for v in weights), id(loss), hessian, closed_form, id(strategy), kronecker)
-    key += (activations,)
+    # The loss actually used: the compiled one may change with a new compile().
+    used_loss = loss if loss is not None else getattr(model, "loss", None)
+    key = (tuple(id(v) for v in weights), id(used_loss), hessian, closed_form, id(strategy))
+    key += (kronecker, activations)
     plans = model.__dict__.get(_PLANS_ATTRIBUTE)
     if plans is None:
         plans = {}
