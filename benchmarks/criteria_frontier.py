@@ -90,14 +90,22 @@ def run(args: argparse.Namespace) -> list[dict]:
         dense = dense_model(seed, args.epochs, Path(args.cache), data)
         dense_acc = accuracy(dense, data)
         for label, (criterion, options) in criteria.items():
-            for scope in SCOPES:
+            for scope in args.scopes.split(","):
                 for sparsity in args.sparsities:
                     key = (seed, label, scope, sparsity)
                     if key in done:
                         continue
                     started = time.perf_counter()
                     pruned = tsp.prune_once(
-                        dense, stats, sparsity, criterion, scope, seed=seed, verbose=0, **options
+                        dense,
+                        stats,
+                        sparsity,
+                        criterion,
+                        scope,
+                        seed=seed,
+                        verbose=0,
+                        min_weights_per_unit=args.min_weights_per_unit,
+                        **options,
                     )
                     seconds = time.perf_counter() - started
                     one_shot = accuracy(pruned, data)
@@ -192,6 +200,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--sparsities", type=lambda t: [float(v) for v in t.split(",")], default=list(SPARSITIES)
     )
+    parser.add_argument(
+        "--min-weights-per-unit", type=int, default=0, help="prune_once's min_weights_per_unit"
+    )
+    parser.add_argument("--scopes", default=",".join(SCOPES))
     parser.add_argument("--cache", default="runs/criteria_frontier")
     parser.add_argument("--log", default="runs/criteria_frontier/results.jsonl")
     parser.add_argument("--out", default=None, help="write the markdown table (and a .png) here")

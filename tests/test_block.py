@@ -164,3 +164,13 @@ def test_wald_block_inside_fit_updates_the_survivors(tiny_mlp_data):
     assert (~kept).sum() == tsp.masking.round_half_up(0.6 * after.size)
     # survivors moved by the compensation far more than one SGD step would move them
     assert np.abs(after[kept] - before[kept]).max() > 1e-3
+
+
+def test_min_weights_per_unit_keeps_every_unit_connected(tiny_mlp_data):
+    model, x, y = tiny_mlp_data
+    pruned = tsp.prune_once(model, (x, y), 0.95, "wald_block", min_weights_per_unit=1, verbose=0)
+    for name in ("fc1", "fc2", "output"):
+        kernel = pruned.get_layer(name).kernel.numpy()
+        assert np.all((kernel != 0).sum(axis=0) >= 1), name
+    fc1 = pruned.get_layer("fc1").kernel.numpy()
+    assert (fc1 == 0).sum() == fc1.size - fc1.shape[1]  # the floor wins over the exact count

@@ -81,6 +81,7 @@ def prune_statistically(
     granularity: Granularity = "weight",
     layers: Sequence[str] | None = None,
     min_weights_per_class: int = DEFAULT_MIN_WEIGHTS_PER_CLASS,
+    min_weights_per_unit: int = 0,
     **options: Any,
 ) -> keras.Model:
     """Wrap every prunable layer of a copy of ``model`` for statistical pruning.
@@ -113,6 +114,7 @@ def prune_statistically(
         whose units are its outputs: list them to prune them).
       min_weights_per_class: with ``granularity="weight"``, the output layer
         keeps at least this many weights per output unit (0: off).
+      min_weights_per_unit: the same floor for every other pruned layer.
       **options: criterion options, e.g. ``hessian="ggn"``.
 
     Returns:
@@ -153,7 +155,10 @@ def prune_statistically(
                 scope=scope,
                 prune_bias=prune_bias,
                 granularity=granularity,
-                keep_per_unit=min_weights_per_class if layer.name in guarded else 0,
+                keep_per_unit=max(
+                    min_weights_per_unit if granularity == "weight" else 0,
+                    min_weights_per_class if layer.name in guarded else 0,
+                ),
             )
         return layer
 
@@ -216,6 +221,7 @@ def prune_once(
     prune_bias: bool = False,
     layers: Sequence[str] | None = None,
     min_weights_per_class: int = DEFAULT_MIN_WEIGHTS_PER_CLASS,
+    min_weights_per_unit: int = 0,
     substeps: int | None = None,
     holdout: Any = None,
     alpha: float = DEFAULT_ALPHA,
@@ -250,6 +256,10 @@ def prune_once(
       min_weights_per_class: with ``granularity="weight"``, the output layer
         keeps at least this many weights per output unit (class), so no class
         loses all its connections; 0 turns it off.
+      min_weights_per_unit: with ``granularity="weight"``, every pruned Dense
+        kernel keeps at least this many weights per output unit (default 0:
+        off). Block criteria otherwise tend to empty whole units at 98 %+,
+        which retraining with the masks held cannot revive.
       substeps: prune in this many steps of geometrically shrinking density,
         the statistics recomputed between them (default: 3 for criteria that
         update the surviving weights -- ``wald_block``, ``obs`` -- else 1).
@@ -275,6 +285,7 @@ def prune_once(
         prune_bias=prune_bias,
         layers=layers,
         min_weights_per_class=min_weights_per_class,
+        min_weights_per_unit=min_weights_per_unit,
         substeps=substeps,
         loss=loss,
         max_examples=max_examples,
@@ -300,17 +311,27 @@ def _substep_levels(sparsity: float, steps: int) -> list[float]:
     return [1.0 - density ** (t / steps) for t in range(1, steps)] + [float(sparsity)]
 
 
-def _output_kernels(
-    model: keras.Model, units: Sequence[MaskUnit], granularity: Granularity, count: int
+def _kept_per_column(
+    model: keras.Model,
+    units: Sequence[MaskUnit],
+    granularity: Granularity,
+    per_class: int,
+    per_unit: int,
 ) -> dict[str, int]:
-    """``{kernel name: count}`` for the output layers' kernels (elementwise masks only)."""
-    if count <= 0 or granularity != "weight":
+    """``{kernel name: count}`` of weights each output unit keeps (elementwise masks only).
+
+    The output layers keep ``per_class`` per unit, every other kernel ``per_unit``.
+    """
+    if granularity != "weight":
         return {}
     outputs = set(model.output_names)
     found = {}
     for unit in units:
         kernel = getattr(unit.layer, "kernel", None)
-        if unit.layer.name in outputs and kernel is not None and unit.key == kernel.name:
+        if kernel is None or unit.key != kernel.name:
+            continue
+        count = max(per_unit, per_class if unit.layer.name in outputs else 0)
+        if count > 0:
             found[kernel.name] = count
     return found
 
@@ -326,6 +347,7 @@ def _prune_copy(
     prune_bias: bool = False,
     layers: Sequence[str] | None = None,
     min_weights_per_class: int = DEFAULT_MIN_WEIGHTS_PER_CLASS,
+    min_weights_per_unit: int = 0,
     substeps: int | None = None,
     loss: Any = None,
     max_examples: int | None = None,
@@ -346,7 +368,9 @@ def _prune_copy(
     chosen = choose_layers(pruned, layers, granularity)
     units = mask_units(chosen, granularity, prune_bias=prune_bias)
     graph = trace_units(pruned) if granularity in UNIT_GRANULARITIES else None
-    protect = _output_kernels(pruned, units, granularity, min_weights_per_class)
+    protect = _kept_per_column(
+        pruned, units, granularity, min_weights_per_class, min_weights_per_unit
+    )
     by_name = {w.name: w for w in pruned.weights}
     dense = {w.name: w.numpy() for w in pruned.weights}
     masks = None
