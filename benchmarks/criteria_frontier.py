@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -208,7 +209,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log", default="runs/criteria_frontier/results.jsonl")
     parser.add_argument("--out", default=None, help="write the markdown table (and a .png) here")
     parser.add_argument("--quick", action="store_true", help="1 seed, 1 epoch, 2 levels")
-    args = parser.parse_args(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(given)
     if args.quick:
         args.seeds, args.epochs, args.retrain_epochs = 1, 1, 1
         args.sparsities = [0.9, 0.95]
@@ -219,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
     text = [
         "# One-shot pruning of LeNet-300-100: criteria compared",
         "",
-        f"Command: `python -m benchmarks.criteria_frontier {' '.join(argv or [])}`".rstrip(),
+        f"Command: `python -m benchmarks.criteria_frontier {' '.join(given)}`".rstrip(),
         "",
         f"LeNet-300-100, L2 {L2}, trained {args.epochs} epochs (Adam, batch {BATCH}) per seed; "
         f"{args.seeds} seed(s); statistics on {STATS_EXAMPLES} training examples; biases kept; "
