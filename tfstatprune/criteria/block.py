@@ -59,6 +59,13 @@ def _damped(matrix: np.ndarray, damping: float) -> np.ndarray:
     return matrix + damping * scale * np.eye(len(matrix))
 
 
+def _ratio_on_free(numerator: np.ndarray, denominator: np.ndarray, free: np.ndarray) -> np.ndarray:
+    """``numerator / denominator`` on the free entries with a positive denominator, else 0."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        value = numerator / denominator
+    return np.where(free & (denominator > 0), value, 0.0)
+
+
 def _augment(kernel: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
     kernel = np.asarray(kernel, np.float64)
     if bias is None:
@@ -128,9 +135,7 @@ def wald_block_scores(
         variance_floor=variance_floor,
         output_damping=output_damping,
     )
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        w = factors.count * theta**2 / (inv_a * m[None, :])
-    return np.where(free & (inv_a > 0), w, 0.0)
+    return _ratio_on_free(factors.count * theta**2, inv_a * m[None, :], free)
 
 
 def obs_scores(
@@ -149,9 +154,7 @@ def obs_scores(
     theta = _augment(kernel, bias)
     n = max(factors.count, 1)
     inv_a = _free_inverse_diagonal(_damped(factors.inputs / n, damping), free)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        s = theta**2 / (2.0 * inv_a)
-    return np.where(free & (inv_a > 0), s, 0.0)
+    return _ratio_on_free(theta**2, 2.0 * inv_a, free)
 
 
 def restricted_update(
