@@ -24,7 +24,7 @@ import numpy as np
 from tflite_export.bench import benchmark
 from tflite_export.convert import ExportError, ValidationError, export
 from tflite_export.flatbuffer import TFLiteFileError, read_tflite
-from tfstatprune.cli import EXIT_OK, CommandError, UsageError
+from tfstatprune.cli import EXIT_OK, CommandError, UsageError, int_at_least
 
 __all__ = ["add_bench_arguments", "add_export_arguments", "run_bench", "run_export"]
 
@@ -37,24 +37,8 @@ BENCH_RUNS = 200
 BENCH_WARMUP = 20
 
 
-def _positive_int(text: str) -> int:
-    """An argparse type: an integer >= 1."""
-    return _int_at_least(text, 1)
-
-
-def _non_negative_int(text: str) -> int:
-    """An argparse type: an integer >= 0."""
-    return _int_at_least(text, 0)
-
-
-def _int_at_least(text: str, low: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = low - 1
-    if value < low:
-        raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}")
-    return value
+_positive_int = int_at_least(1)
+_non_negative_int = int_at_least(0)
 
 
 def _progress(message: str) -> None:

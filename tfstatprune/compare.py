@@ -48,6 +48,7 @@ from tfstatprune.cli import (
     Table,
     format_markdown,
     format_text,
+    int_at_least,
 )
 from tfstatprune.criteria import get_criterion
 
@@ -610,16 +611,6 @@ def _levels(text: str) -> tuple[float, ...]:
     return levels
 
 
-def _count(text: str, minimum: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = minimum - 1
-    if value < minimum:
-        raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
-    return value
-
-
 def _granularity(text: str) -> Any:
     if text.startswith("1x"):
         return (1, int(text[2:]))
@@ -643,16 +634,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--retrain-epochs",
-        type=lambda t: _count(t, 0),
+        type=int_at_least(0),
         default=0,
         help="retrain every pruned model this many epochs, zeros kept (default: 0)",
     )
     parser.add_argument(
-        "--seeds", type=lambda t: _count(t, 1), default=3, help="number of seeds (default: 3)"
+        "--seeds", type=int_at_least(1), default=3, help="number of seeds (default: 3)"
     )
     parser.add_argument(
         "--epochs",
-        type=lambda t: _count(t, 1),
+        type=int_at_least(1),
         default=None,
         help="epochs of dense training (default: 8, or 1 with --quick)",
     )
