@@ -141,25 +141,56 @@ def run(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def _grid(first: str, labels: list[str], sparsities: list[float], cell) -> list[str]:
+    """Markdown table lines: one row per label, one column per sparsity, ``cell(label, s)``."""
+    lines = [
+        f"| {first} | " + " | ".join(f"{s:.0%}" for s in sparsities) + " |",
+        "|---" * (len(sparsities) + 1) + "|",
+    ]
+    for label in labels:
+        lines.append(f"| {label} | " + " | ".join(cell(label, s) for s in sparsities) + " |")
+    return lines
+
+
 def table(rows: list[dict], scope: str, sparsities: list[float], criteria: list[str]) -> str:
-    head = "| criterion | " + " | ".join(f"{s:.0%}" for s in sparsities) + " |"
-    lines = [head, "|---" * (len(sparsities) + 1) + "|"]
-    for label in criteria:
-        cells = []
-        for s in sparsities:
-            picked = [
-                r
-                for r in rows
-                if r["criterion"] == label and r["scope"] == scope and r["sparsity"] == s
-            ]
-            if not picked:
-                cells.append("")
-                continue
-            one = np.array([r["one_shot"] for r in picked]) * 100
-            re = np.array([r["retrained"] for r in picked]) * 100
-            cells.append(f"{one.mean():.1f} ± {one.std():.1f} / {re.mean():.1f} ± {re.std():.1f}")
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    def cell(label: str, s: float) -> str:
+        picked = [
+            r
+            for r in rows
+            if r["criterion"] == label and r["scope"] == scope and r["sparsity"] == s
+        ]
+        if not picked:
+            return ""
+        one = np.array([r["one_shot"] for r in picked]) * 100
+        re = np.array([r["retrained"] for r in picked]) * 100
+        return f"{one.mean():.1f} ± {one.std():.1f} / {re.mean():.1f} ± {re.std():.1f}"
+
+    return "\n".join(_grid("criterion", criteria, sparsities, cell))
+
+
+def paired_gap(
+    rows: list[dict], sparsities: list[float], ours: str = "wald_block", base: str = "magnitude"
+) -> list[str]:
+    """Lines of a table: ``ours - base`` per seed (same dense model), mean ± std, in points."""
+    by_key = {(r["seed"], r["criterion"], r["scope"], r["sparsity"]): r for r in rows}
+
+    def cell(scope: str, s: float) -> str:
+        pairs = [
+            (by_key[k], by_key[(k[0], base, scope, s)])
+            for k in by_key
+            if k[1:] == (ours, scope, s) and (k[0], base, scope, s) in by_key
+        ]
+        if not pairs:
+            return ""
+        gaps = [
+            np.array([(a[field] - b[field]) * 100 for a, b in pairs])
+            for field in ("one_shot", "retrained")
+        ]
+        return " / ".join(
+            f"{g.mean():+.2f} ± {g.std():.2f}{'' if g.mean() >= 0 else ' **<**'}" for g in gaps
+        )
+
+    return _grid("scope", list(SCOPES), sparsities, cell)
 
 
 def plot(rows: list[dict], sparsities: list[float], criteria: list[str], path: Path) -> None:
@@ -232,6 +263,17 @@ def main(argv: list[str] | None = None) -> None:
     ]
     for scope in SCOPES:
         text += [f"## {scope} scope", "", table(rows, scope, args.sparsities, criteria), ""]
+    gap = paired_gap(rows, args.sparsities)
+    if len(gap) > 2 and any(cell.strip() for line in gap[2:] for cell in line.split("|")[2:]):
+        text += [
+            "## wald_block minus magnitude",
+            "",
+            "Accuracy difference in points, paired by seed (same dense model), mean ± std, "
+            "without / after retraining; **<** marks a mean below magnitude.",
+            "",
+            *gap,
+            "",
+        ]
     dense = [r["dense"] for r in rows if r["criterion"] == criteria[0]]
     if dense:
         text.append(f"Dense test accuracy: {np.mean(dense) * 100:.2f} % (mean over seeds).")

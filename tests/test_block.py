@@ -92,6 +92,58 @@ def test_block_scores_equal_the_explicit_kronecker_sandwich():
         )
 
 
+def test_output_variance_guard_lets_units_without_downstream_weights_score_low():
+    # Unit 2 no longer reaches the loss (its outgoing weights are pruned): its
+    # gradient factor is 0 and its curvature only the damping. The bare sandwich
+    # gives it variance 0 (infinite Wald statistics for its inputs); the guard
+    # floors it at variance_floor * [B_H^-1]_22, so its inputs score lowest.
+    rng = np.random.default_rng(4)
+    n, i, o = 200, 5, 3
+    a = rng.normal(size=(n, i))
+    d = rng.normal(size=(n, o))
+    d[:, 2] = 0.0
+    dh = 1.5 * rng.normal(size=(n, o))
+    dh[:, 2] = 0.0
+    factors = KroneckerFactors(n, a.T @ a, d.T @ d, dh.T @ dh, has_bias=False)
+    stats = WeightStatistics(n, np.zeros((i, o)), np.ones((i, o)), kronecker=factors)
+    theta = np.ones((i, o))
+    damping, floor = 0.01, 0.2
+    got = wald_block(theta, stats, damping=damping, variance_floor=floor)
+    b_h = dh.T @ dh / n
+    b_h_inv = np.linalg.inv(b_h + damping * np.mean(np.diag(b_h)) * np.eye(o))
+    sandwich = np.diag(b_h_inv @ (d.T @ d / n) @ b_h_inv)
+    m = np.maximum(sandwich, floor * np.diag(b_h_inv))
+    assert sandwich[2] == 0.0 and m[2] > 0
+    a_n = a.T @ a / n
+    inv_a = np.diag(np.linalg.inv(a_n + damping * np.mean(np.diag(a_n)) * np.eye(i)))
+    np.testing.assert_allclose(got, n * theta**2 / (inv_a[:, None] * m[None, :]), rtol=1e-9)
+    assert got[:, 2].max() < got[:, :2].min()
+
+
+@pytest.mark.parametrize("pruned_fraction", [0.1, 0.5, 0.9])
+def test_free_set_inverse_and_update_match_direct_formulas_at_any_sparsity(pruned_fraction):
+    # Few pruned weights take the Schur-complement form, many the free-set form.
+    rng = np.random.default_rng(5)
+    n, i, o = 300, 12, 6
+    x = rng.normal(size=(n, i)) @ rng.normal(size=(i, i))
+    factors = KroneckerFactors(n, x.T @ x, np.eye(o), np.eye(o), has_bias=False)
+    theta = rng.normal(size=(i, o))
+    keep = rng.random((i, o)) >= pruned_fraction
+    keep[0, 0] = True
+    keep[:, 1] = keep[:, 2]  # a shared pattern
+    a = x.T @ x / n
+    v = np.linalg.inv(a)
+    got = obs(np.where(keep, theta, 0.0), WeightStatistics(n, 0, 0, kronecker=factors), damping=0)
+    moved, _ = restricted_update(theta, None, factors, keep, damping=0.0)
+    for j in range(o):
+        f, p = keep[:, j], ~keep[:, j]
+        inv_ff = np.linalg.inv(a[np.ix_(f, f)])
+        np.testing.assert_allclose(got[f, j], theta[f, j] ** 2 / (2 * np.diag(inv_ff)), rtol=1e-9)
+        expected = theta[:, j] - v[:, p] @ np.linalg.solve(v[np.ix_(p, p)], theta[p, j])
+        np.testing.assert_allclose(moved[f, j], expected[f], rtol=1e-8, atol=1e-10)
+        assert np.all(moved[p, j] == 0)
+
+
 def test_restricted_estimator_reaches_the_constrained_optimum_of_a_quadratic_loss():
     # Linear regression with squared error: the loss is exactly quadratic, so the
     # restricted estimator is least squares on the kept inputs (plus the bias).

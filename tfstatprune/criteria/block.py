@@ -17,13 +17,23 @@ al. 2017); ``M_jj`` says how well the data pin down unit j as a whole.
 When a set P of weights is pruned, the **restricted estimator** under
 ``H0: theta_P = 0`` moves the survivors to the constrained optimum of the local
 quadratic: ``theta~ = theta^ - V[:, P] V[P, P]^-1 theta^_P`` with ``V = A^-1``
-per output unit -- the OBS compensation. It is computed in the equivalent,
-cheaper form on the free set F: ``theta~_F = A_FF^-1 A_F: theta^``.
+per output unit -- the OBS compensation. It is computed in that form while few
+weights are pruned and in the equivalent form on the free set F,
+``theta~_F = A_FF^-1 A_F: theta^``, once the pruned set is the larger one.
 
 Numerics: ``A`` and ``B_H`` are damped by ``damping * mean(diag)`` (singular
-blocks: blank pixels, dead units); ``M_jj`` is floored at
-``variance_floor * mean(diag M)`` (the score variance of a unit active only on
-confidently classified examples shrinks faster than its curvature).
+blocks: blank pixels, dead units). The guard: ``M_jj`` is floored at
+``variance_floor * [B_H^-1]_jj``, the sandwich may shrink a unit's variance
+below the model-based ``H^-1`` by at most that factor. The score variance of a
+unit that barely reaches the loss (active only on confidently classified
+examples, or whose outgoing weights were pruned in an earlier sub-step)
+shrinks faster than its curvature, ``M_jj -> 0``, and without the guard its
+inputs would look the most significant weights of the layer. Measured on
+LeNet-300-100 (seed 0, layer scope, 3 sub-steps, 2 epochs of retraining with
+the masks held): a floor relative to ``mean(M)`` instead kept the inputs of
+units cut off from the output, left the output layer reading dead units, and
+reached 29 % / 47 % at 98 % and 11 % / 11 % at 99 % sparsity; with the guard
+at 0.2, 51 % / 93 % and 31 % / 81 % (magnitude: 14 % / 92 %, 8 % / 73 %).
 """
 
 from __future__ import annotations
@@ -50,7 +60,7 @@ __all__ = [
 ]
 
 DEFAULT_DAMPING = 0.01
-DEFAULT_VARIANCE_FLOOR = 1e-3
+DEFAULT_VARIANCE_FLOOR = 0.2
 
 
 def _damped(matrix: np.ndarray, damping: float) -> np.ndarray:
@@ -73,21 +83,63 @@ def _augment(kernel: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
     return np.vstack([kernel, np.asarray(bias, np.float64)[None, :]])
 
 
-def _free_inverse_diagonal(a: np.ndarray, free: np.ndarray) -> np.ndarray:
-    """``[A_FF^-1]_kk`` for each column's free set F (``free``: ``[I, O]`` bool); 0 off F."""
-    rows, cols = free.shape
-    out = np.zeros((rows, cols))
-    full = free.all(axis=0)
-    if full.any():
-        out[:, full] = np.diag(np.linalg.inv(a))[:, None]
+def _column_patterns(free: np.ndarray) -> list[list[int]]:
+    """Columns of ``free`` (``[I, O]`` bool) grouped by identical free sets."""
     patterns: dict[bytes, list[int]] = {}
-    for j in np.flatnonzero(~full):
+    for j in range(free.shape[1]):
         patterns.setdefault(free[:, j].tobytes(), []).append(j)
-    for columns in patterns.values():
+    return list(patterns.values())
+
+
+def _free_inverse_diagonal(a: np.ndarray, free: np.ndarray) -> np.ndarray:
+    """``[A_FF^-1]_kk`` for each column's free set F (``free``: ``[I, O]`` bool); 0 off F.
+
+    With P the pruned complement, whichever is cheaper: ``inv(A_FF)`` (``|F|^3``)
+    or the Schur complement of ``V = A^-1``,
+    ``A_FF^-1 = V_FF - V_FP V_PP^-1 V_PF`` (``|P|^3 + |F| |P|^2``: few pruned).
+    """
+    out = np.zeros(free.shape)
+    v = np.linalg.inv(a)
+    for columns in _column_patterns(free):
         f = free[:, columns[0]]
-        if f.any():
-            out[np.ix_(f, columns)] = np.diag(np.linalg.inv(a[np.ix_(f, f)]))[:, None]
+        p = ~f
+        if not f.any():
+            continue
+        if not p.any():
+            diagonal = np.diag(v)
+        elif 2 * p.sum() < f.sum():
+            v_fp = v[np.ix_(f, p)]
+            diagonal = np.diag(v)[f] - np.sum(v_fp * np.linalg.solve(v[np.ix_(p, p)], v_fp.T).T, 1)
+        else:
+            diagonal = np.diag(np.linalg.inv(a[np.ix_(f, f)]))
+        out[np.ix_(f, columns)] = diagonal[:, None]
     return out
+
+
+def output_variance(
+    factors: KroneckerFactors,
+    *,
+    damping: float = DEFAULT_DAMPING,
+    variance_floor: float = DEFAULT_VARIANCE_FLOOR,
+    output_damping: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(M, m)``: the output factor ``M = B_H^-1 B_S B_H^-1`` and its guarded diagonal.
+
+    ``m_j = max(M_jj, variance_floor * [B_H^-1]_jj)``: the sandwich may shrink
+    a unit's variance below the model-based one (``H = Sigma``) at most by
+    ``variance_floor``. A unit whose outgoing weights are gone has
+    ``B_S -> 0`` faster than ``B_H``, so its sandwich variance vanishes and
+    the Wald statistic of every weight into it would explode; the data say
+    nothing about such weights (not identified), and the guard lets them score
+    as low as their curvature says instead.
+    """
+    if factors.curvature is None:
+        raise ValueError("block criteria need curvature factors: collect with hessian='ggn'")
+    n = max(factors.count, 1)
+    b_h = _damped(factors.curvature / n, damping if output_damping is None else output_damping)
+    b_h_inv = np.linalg.inv(b_h)
+    m_full = b_h_inv @ (factors.gradients / n) @ b_h_inv
+    return m_full, np.maximum(np.diag(m_full), variance_floor * np.diag(b_h_inv))
 
 
 def block_inverse_diagonals(
@@ -98,17 +150,12 @@ def block_inverse_diagonals(
     variance_floor: float = DEFAULT_VARIANCE_FLOOR,
     output_damping: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``([A_FF^-1]_kk per column, M_jj)`` from the factors, for free sets ``free``."""
+    """``([A_FF^-1]_kk per column, m_j)`` from the factors, for free sets ``free``."""
     n = max(factors.count, 1)
-    a = _damped(factors.inputs / n, damping)
-    inv_a = _free_inverse_diagonal(a, free)
-    if factors.curvature is None:
-        raise ValueError("block criteria need curvature factors: collect with hessian='ggn'")
-    b_h = _damped(factors.curvature / n, damping if output_damping is None else output_damping)
-    b_s = factors.gradients / n
-    b_h_inv = np.linalg.inv(b_h)
-    m = np.diag(b_h_inv @ b_s @ b_h_inv).copy()
-    m = np.maximum(m, variance_floor * max(float(m.mean()), np.finfo(float).tiny))
+    inv_a = _free_inverse_diagonal(_damped(factors.inputs / n, damping), free)
+    _, m = output_variance(
+        factors, damping=damping, variance_floor=variance_floor, output_damping=output_damping
+    )
     return inv_a, m
 
 
@@ -181,15 +228,22 @@ def restricted_update(
     theta = _augment(kernel, bias)
     n = max(factors.count, 1)
     a = _damped(factors.inputs / n, damping)
-    rhs = a @ theta  # column j: A theta^_j
+    keep = np.asarray(keep, bool)
     out = np.zeros_like(theta)
-    patterns: dict[bytes, list[int]] = {}
-    for j in range(theta.shape[1]):
-        patterns.setdefault(keep[:, j].tobytes(), []).append(j)
-    for columns in patterns.values():
+    v = None
+    for columns in _column_patterns(keep):
         f = keep[:, columns[0]]
-        if f.any():
-            out[np.ix_(f, columns)] = np.linalg.solve(a[np.ix_(f, f)], rhs[np.ix_(f, columns)])
+        p = ~f
+        if not f.any():
+            continue
+        if 2 * p.sum() < f.sum():  # few pruned: theta^ - V[:, P] V_PP^-1 theta^_P
+            v = np.linalg.inv(a) if v is None else v
+            t = theta[:, columns]
+            moved = t - v[:, p] @ np.linalg.solve(v[np.ix_(p, p)], t[p])
+            out[np.ix_(f, columns)] = moved[f]
+        else:
+            rhs = a[f] @ theta[:, columns]
+            out[np.ix_(f, columns)] = np.linalg.solve(a[np.ix_(f, f)], rhs)
     if bias is None:
         return out, None
     return out[:-1], out[-1]
@@ -275,10 +329,9 @@ def _wald_block_group(
     n = max(factors.count, 1)
     a = _damped(factors.inputs / n, damping)
     a_inv = np.linalg.inv(a)
-    b_h = _damped(factors.curvature / n, damping if output_damping is None else output_damping)
-    b_h_inv = np.linalg.inv(b_h)
-    m_full = b_h_inv @ (factors.gradients / n) @ b_h_inv
-    m = np.maximum(np.diag(m_full), variance_floor * max(float(np.diag(m_full).mean()), 1e-300))
+    m_full, m = output_variance(
+        factors, damping=damping, variance_floor=variance_floor, output_damping=output_damping
+    )
     scores = np.zeros(count)
     rows_of, cols_of = np.nonzero(ids >= 0)
     members = ids[rows_of, cols_of]

@@ -32,7 +32,7 @@ from tfstatprune.schedules import OneShotSparsity
 from tfstatprune.stats import check_stats_data
 from tfstatprune.stopping import DEFAULT_ALPHA, SparsityChoice, choose_sparsity
 
-DEFAULT_SUBSTEPS = 3
+DEFAULT_SUBSTEPS = 4
 DEFAULT_MIN_WEIGHTS_PER_CLASS = 1
 DEFAULT_AUTO_LEVELS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99)
 
@@ -258,10 +258,10 @@ def prune_once(
         loses all its connections; 0 turns it off.
       min_weights_per_unit: with ``granularity="weight"``, every pruned Dense
         kernel keeps at least this many weights per output unit (default 0:
-        off). Block criteria otherwise tend to empty whole units at 98 %+,
-        which retraining with the masks held cannot revive.
+        off): a unit emptied by the criterion cannot be revived by
+        retraining with the masks held.
       substeps: prune in this many steps of geometrically shrinking density,
-        the statistics recomputed between them (default: 3 for criteria that
+        the statistics recomputed between them (default: 4 for criteria that
         update the surviving weights -- ``wald_block``, ``obs`` -- else 1).
       holdout: ``(x, y)`` held-out data for ``sparsity="auto"``.
       alpha: the test level for ``sparsity="auto"``.
