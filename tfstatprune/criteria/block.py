@@ -54,6 +54,7 @@ __all__ = [
     "block_inverse_diagonals",
     "obs",
     "obs_scores",
+    "output_variance",
     "restricted_update",
     "wald_block",
     "wald_block_scores",
