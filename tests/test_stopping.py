@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy import stats as scipy_stats
 
 import tfstatprune as tsp
 from tfstatprune.stopping import choose_sparsity, mcnemar_worse
@@ -34,7 +35,11 @@ def test_normal_approximation_with_continuity_correction():
     assert not r.exact
     assert r.p_value == pytest.approx(0.5 * math.erfc(z / math.sqrt(2)))
     better = mcnemar_worse(*_pairs(800, 30, 60, 110))
-    assert better.p_value == pytest.approx(0.5)  # one-sided: a better model is never "worse"
+    z = (30 - 60 - 1) / math.sqrt(90)
+    assert better.p_value == pytest.approx(0.5 * math.erfc(z / math.sqrt(2)))
+    # one-sided: a better model is far from "worse"; close to the exact tail P(B >= 30)
+    assert better.p_value > 0.99
+    assert better.p_value == pytest.approx(scipy_stats.binom.sf(29, 90, 0.5), abs=1e-3)
 
 
 def test_choose_sparsity_stops_before_the_first_significant_loss():

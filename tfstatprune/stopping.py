@@ -6,8 +6,8 @@ one test set). With ``b`` the examples only the dense model gets right and
 ``c`` those only the pruned model gets right, under ``H0`` (equal accuracy)
 ``b ~ Binomial(b + c, 1/2)``. The test is one-sided -- we only stop for a
 model that is *worse* -- and exact (binomial) when ``b + c`` is small,
-otherwise the continuity-corrected normal approximation
-``z = (|b - c| - 1) / sqrt(b + c)``.
+otherwise the continuity-corrected normal approximation of ``P(B >= b)``,
+``1 - Phi((b - c - 1) / sqrt(b + c))`` (near 1 when the pruned model is better).
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def mcnemar_worse(dense_correct: Sequence[bool], pruned_correct: Sequence[bool])
     elif n < EXACT_BELOW:
         p_value, exact = float(scipy_stats.binom.sf(b - 1, n, 0.5)), True
     else:
-        z = (b - c - 1) / math.sqrt(n) if b > c else 0.0
+        z = (b - c - 1) / math.sqrt(n)  # P(B >= b) with the continuity correction
         p_value, exact = float(scipy_stats.norm.sf(z)), False
     return McNemarResult(b, c, float(a.mean()), float(p.mean()), p_value, exact)
 
