@@ -190,17 +190,123 @@ def test_block_criteria_need_dense_kernels_and_keep_every_class(tiny_mlp_data):
         kernel = pruned.get_layer(name).kernel.numpy()
         assert (kernel == 0).sum() == tsp.masking.round_half_up(0.95 * kernel.size)
     assert (out == 0).sum() == out.size - out.shape[1]  # the guard wins over the count
-    conv = keras.Sequential(
+    grouped = keras.Sequential(
         [
-            keras.layers.Conv2D(2, 3, input_shape=(5, 5, 1)),
+            keras.layers.Conv2D(2, 3, groups=2, input_shape=(5, 5, 2), name="grouped"),
             keras.layers.Flatten(),
             keras.layers.Dense(2),
         ]
     )
-    conv.compile(loss="mse")
-    data = (np.zeros((4, 5, 5, 1), np.float32), np.zeros((4, 2), np.float32))
-    with pytest.raises(ValueError, match="Dense"):
-        tsp.prune_once(conv, data, 0.5, "obs", verbose=0)
+    grouped.compile(loss="mse")
+    data = (np.zeros((4, 5, 5, 2), np.float32), np.zeros((4, 2), np.float32))
+    with pytest.raises(ValueError, match=r"Conv1D/Conv2D kernels \(groups=1\)"):
+        tsp.prune_once(grouped, data, 0.5, "obs", layers=["grouped"], verbose=0)
+
+
+def _softmax_cnn(seed=0, n=24):
+    """Conv2D (stride 2, 'same', ReLU) -> Dense softmax, and its data."""
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential(
+        [
+            keras.layers.Conv2D(
+                3, 3, strides=2, padding="same", activation="relu", input_shape=(7, 7, 2)
+            ),
+            keras.layers.Flatten(),
+            keras.layers.Dense(4, activation="softmax"),
+        ]
+    )
+    model.compile(loss="sparse_categorical_crossentropy")
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 7, 7, 2)).astype(np.float32)
+    return model, x, rng.integers(0, 4, n)
+
+
+def _patches(x, size=3, stride=2, out=4):
+    """``[n, out * out, size * size * C]`` input patches of a 'same' conv, by loops (float64)."""
+    padded = np.pad(x.astype(np.float64), [(0, 0), (1, 1), (1, 1), (0, 0)])
+    rows = [
+        padded[:, p * stride : p * stride + size, q * stride : q * stride + size].reshape(
+            len(x), -1
+        )
+        for p in range(out)
+        for q in range(out)
+    ]
+    return np.stack(rows, 1)
+
+
+def test_conv_kronecker_factors_are_the_kfc_patch_moments():
+    model, x, y = _softmax_cnn()
+    got = collect_statistics(
+        model, (x, y), hessian="ggn_exact", kronecker=True, batch_size=10, verbose=0
+    )
+    kernel, bias, w_out, b_out = (w.numpy().astype(np.float64) for w in model.weights)
+    patches = _patches(x)  # [n, 16, 18]
+    z = patches @ kernel.reshape(-1, 3) + bias  # [n, 16, 3]
+    logits = np.maximum(z, 0).reshape(len(x), -1) @ w_out + b_out
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+
+    def delta(label_onehot):  # dL/dz per position for the given labels, [n, 16, 3]
+        return ((p - label_onehot) @ w_out.T).reshape(z.shape) * (z > 0)
+
+    augmented = np.concatenate([patches, np.ones(patches.shape[:2] + (1,))], 2)
+    d_true = delta(np.eye(4)[y]).reshape(-1, 3)
+    curvature = sum(
+        np.einsum(
+            "i,ipj,ipk->jk", p[:, c], delta(np.eye(4)[[c] * len(x)]), delta(np.eye(4)[[c] * len(x)])
+        )
+        for c in range(4)
+    )
+    factors = got.weights[model.layers[0].kernel.name].kronecker
+    assert factors.count == len(x) and factors.has_bias
+    flat = augmented.reshape(-1, augmented.shape[-1])
+    assert relative_error(factors.inputs, flat.T @ flat / 16) < RTOL_FLOAT32
+    assert relative_error(factors.gradients, d_true.T @ d_true) < RTOL_FLOAT32
+    assert relative_error(factors.curvature, curvature) < RTOL_FLOAT32
+
+
+def test_block_criteria_on_a_conv_kernel_are_the_sandwich_of_its_patch_matrix():
+    model, x, y = _softmax_cnn(seed=1, n=40)
+    stats = collect_statistics(
+        model, (x, y), hessian="ggn_exact", kronecker=True, verbose=0
+    ).weights[model.layers[0].kernel.name]
+    f = stats.kronecker
+    n = f.count
+    kernel = model.layers[0].kernel.numpy().astype(np.float64)
+    theta = np.vstack([kernel.reshape(-1, 3), np.zeros((1, 3))])  # bias row: kept, not scored
+    b_inv = np.linalg.inv(f.curvature / n)
+    avar = np.kron(np.linalg.inv(f.inputs / n), b_inv @ (f.gradients / n) @ b_inv)
+    expected = (n * theta.reshape(-1) ** 2 / np.diag(avar)).reshape(theta.shape)[:-1]
+    got = wald_block(kernel, stats, damping=0.0, variance_floor=0.0)
+    assert got.shape == kernel.shape
+    np.testing.assert_allclose(got.reshape(-1, 3), expected, rtol=1e-6)
+    saliency = theta**2 / (2 * np.diag(np.linalg.inv(f.inputs / n)))[:, None]
+    np.testing.assert_allclose(
+        obs(kernel, stats, damping=0.0).reshape(-1, 3), saliency[:-1], rtol=1e-6
+    )
+
+
+def test_restricted_estimator_on_a_conv_filter_is_least_squares_on_its_kept_patches():
+    # The compensation re-fits each filter's output over all positions of all
+    # examples from the patch entries it keeps (KFC's input factor, damping 0).
+    model, x, y = _softmax_cnn(seed=2, n=40)
+    pruned = tsp.prune_once(
+        model, (x, y), 0.6, "obs", layers=[model.layers[0].name], substeps=1, damping=0.0, verbose=0
+    )
+    kernel, bias = (w.numpy() for w in model.layers[0].weights)
+    new_kernel, new_bias = (w.numpy() for w in pruned.layers[0].weights)
+    assert new_kernel.shape == kernel.shape
+    assert (new_kernel == 0).sum() == tsp.masking.round_half_up(0.6 * kernel.size)
+    design = _patches(x).reshape(-1, kernel[..., 0].size)
+    for j in range(3):
+        kept = new_kernel[..., j].reshape(-1) != 0
+        target = design @ kernel[..., j].reshape(-1) + bias[j]
+        columns = np.hstack([design[:, kept], np.ones((len(design), 1))])
+        optimum = np.linalg.lstsq(columns, target, rcond=None)[0]
+        np.testing.assert_allclose(
+            new_kernel[..., j].reshape(-1)[kept], optimum[:-1], rtol=1e-4, atol=1e-5
+        )
+        np.testing.assert_allclose(new_bias[j], optimum[-1], rtol=1e-4, atol=1e-5)
 
 
 def test_wald_block_inside_fit_updates_the_survivors(tiny_mlp_data):
@@ -226,3 +332,32 @@ def test_min_weights_per_unit_keeps_every_unit_connected(tiny_mlp_data):
         assert np.all((kernel != 0).sum(axis=0) >= 1), name
     fc1 = pruned.get_layer("fc1").kernel.numpy()
     assert (fc1 == 0).sum() == fc1.size - fc1.shape[1]  # the floor wins over the exact count
+
+
+def test_wald_block_prunes_conv_filters_by_their_group_statistic():
+    model, x, y = _softmax_cnn(seed=9, n=40)  # the filter of least norm is not the one
+    stats = collect_statistics(
+        model, (x, y), hessian="ggn_exact", kronecker=True, verbose=0
+    ).weights[model.layers[0].kernel.name]
+    f, n = stats.kronecker, stats.kronecker.count
+    kernel, bias = (w.numpy().astype(np.float64) for w in model.layers[0].weights)
+    theta = np.vstack([kernel.reshape(-1, 3), bias[None, :]])
+    b_inv = np.linalg.inv(f.curvature / n)
+    m = np.diag(b_inv @ (f.gradients / n) @ b_inv)
+    # a whole filter (its column and bias): n theta_j^T A theta_j / M_jj
+    expected = [n * theta[:, j] @ (f.inputs / n) @ theta[:, j] / m[j] for j in range(3)]
+    pruned = tsp.prune_once(
+        model,
+        (x, y),
+        1 / 3,
+        "wald_block",
+        granularity="filter",
+        layers=[model.layers[0].name],
+        substeps=1,
+        damping=0.0,
+        variance_floor=0.0,
+        verbose=0,
+    )
+    kept = [bool(np.any(pruned.layers[0].kernel.numpy()[..., j])) for j in range(3)]
+    assert kept.count(False) == 1 and not kept[int(np.argmin(expected))]
+    assert int(np.argmin(expected)) != int(np.argmin(np.linalg.norm(theta, axis=0)))

@@ -2,8 +2,9 @@
 
 The diagonal sandwich throws away what makes the statistic work: with the
 empirical Fisher it collapses to OBD. Here the asymptotic covariance of a Dense
-kernel ``[W; b]`` (``[I + 1, O]``, see :mod:`tfstatprune.stats.kronecker`) keeps
-its structure through Kronecker factors:
+kernel ``[W; b]`` (``[I + 1, O]``, see :mod:`tfstatprune.stats.kronecker`; a
+Conv kernel is the ``[K * C_in + 1, C_out]`` matrix of its patches, with KFC
+factors) keeps its structure through Kronecker factors:
 
     H ~ A (x) B_H,   Sigma ~ A (x) B_S,   A = E[a~ a~^T],
     Avar = H^-1 Sigma H^-1 = A^-1 (x) M,   M = B_H^-1 B_S B_H^-1,
@@ -251,16 +252,21 @@ def restricted_update(
 
 
 # --------------------------------------------------------------------------
-# Registered criteria: "wald_block" and "obs" on Dense kernels.
+# Registered criteria: "wald_block" and "obs" on Dense and Conv kernels.
+
+
+def _matrix(theta: np.ndarray) -> np.ndarray:
+    """A kernel as the ``[I, O]`` matrix of its Kronecker factors (Conv: ``I = K * C_in``)."""
+    return np.reshape(theta, (-1, np.shape(theta)[-1]))
 
 
 def _factors_of(theta: np.ndarray, stats: WeightStatistics | None, name: str) -> KroneckerFactors:
     factors = None if stats is None else stats.kronecker
-    if factors is None or factors.inputs.shape[0] != np.shape(theta)[0] + factors.has_bias:
+    if factors is None or factors.inputs.shape[0] != _matrix(theta).shape[0] + factors.has_bias:
         raise ValueError(
             f"criterion {name!r} needs the Kronecker factors tfstatprune collects for Dense "
-            f"kernels, and this weight (shape {np.shape(theta)}) has none: prune only Dense "
-            "layers with it (layers=[...]) or use 'wald' / 'obd'"
+            f"and Conv1D/Conv2D kernels (groups=1), and this weight (shape {np.shape(theta)}) "
+            "has none: prune only those layers with it (layers=[...]) or use 'wald' / 'obd'"
         )
     return factors
 
@@ -295,9 +301,11 @@ def _restricted(
     **options: Any,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     factors = _factors_of(kernel, stats, "restricted estimator")
+    matrix = _matrix(kernel)
     if factors.has_bias and bias is None:
-        bias = np.zeros(np.shape(kernel)[1])
-    return restricted_update(kernel, bias, factors, keep, damping=damping)
+        bias = np.zeros(matrix.shape[1])
+    new_kernel, new_bias = restricted_update(matrix, bias, factors, keep, damping=damping)
+    return new_kernel.reshape(np.shape(kernel)), new_bias
 
 
 def _wald_block_group(
@@ -317,13 +325,13 @@ def _wald_block_group(
     inside one input row (channels of a Dense kernel) use ``M^-1 / [A^-1]_ii``
     with the full output factor.
     """
-    kernel = thetas[0]
+    kernel = _matrix(thetas[0])
     factors = _factors_of(kernel, stats[0], "wald_block")
     theta = _augment(kernel, thetas[1] if len(thetas) > 1 and factors.has_bias else None)
     if factors.has_bias and theta.shape[0] == kernel.shape[0]:
         theta = _augment(kernel, np.zeros(kernel.shape[1]))
     ids = np.full(theta.shape, -1, np.int64)
-    ids[: kernel.shape[0]] = groupings[0].ids
+    ids[: kernel.shape[0]] = _matrix(groupings[0].ids)
     if len(thetas) > 1 and factors.has_bias:
         ids[-1] = groupings[1].ids
     count = groupings[0].count
@@ -379,7 +387,8 @@ def wald_block(
     example), ``B_S`` that of the score covariance; F the weights not yet
     pruned. With ``H = Sigma`` this is ``2n`` times the OBS saliency. After
     masking, the survivors move to the restricted estimator (OBS update).
-    Dense kernels only.
+    Dense kernels, and Conv kernels as ``[K * C_in, C_out]`` matrices with
+    KFC factors (:class:`tfstatprune.stats.rules.conv.ConvRule`).
 
     >>> from tfstatprune.stats import WeightStatistics
     >>> from tfstatprune.stats.kronecker import KroneckerFactors
@@ -390,16 +399,17 @@ def wald_block(
            [18.]])
     """
     factors = _factors_of(theta, stats, "wald_block")
+    matrix = _matrix(theta)
     w = wald_block_scores(
-        theta,
-        _bias_row(theta, factors),
+        matrix,
+        _bias_row(matrix, factors),
         factors,
-        _free_rows(theta, factors),
+        _free_rows(matrix, factors),
         damping=damping,
         variance_floor=variance_floor,
         output_damping=output_damping,
     )
-    return w[: np.shape(theta)[0]]
+    return w[: matrix.shape[0]].reshape(np.shape(theta))
 
 
 @register_criterion("obs", statistics=_obs_request, update=_restricted)
@@ -412,7 +422,7 @@ def obs(
     the compensation ``dw = -theta_q / [H^-1]_qq H^-1 e_q`` applied after
     pruning), with the Hessian of the layer's output reconstruction error, the
     input second moment ``A = E[a~ a~^T]`` per output unit (Dong et al. 2017).
-    Dense kernels only.
+    Dense and Conv kernels (a Conv filter is a unit over its patches).
 
     >>> from tfstatprune.stats import WeightStatistics
     >>> from tfstatprune.stats.kronecker import KroneckerFactors
@@ -422,7 +432,8 @@ def obs(
            [2.]])
     """
     factors = _factors_of(theta, stats, "obs")
+    matrix = _matrix(theta)
     s = obs_scores(
-        theta, _bias_row(theta, factors), factors, _free_rows(theta, factors), damping=damping
+        matrix, _bias_row(matrix, factors), factors, _free_rows(matrix, factors), damping=damping
     )
-    return s[: np.shape(theta)[0]]
+    return s[: matrix.shape[0]].reshape(np.shape(theta))

@@ -295,6 +295,7 @@ def restricted_updates(
             continue
         bias = getattr(layer, "bias", None) if stats.kronecker.has_bias else None
         keep = np.asarray(masks.get(kernel.name, np.ones(kernel.shape)), bool)
+        keep = keep.reshape(-1, keep.shape[-1])  # a Conv kernel as [K * C_in, C_out]
         if bias is not None:
             bias_keep = np.asarray(masks.get(bias.name, np.ones(bias.shape)), bool)
             keep = np.vstack([keep, bias_keep[None, :]])

@@ -571,7 +571,7 @@ def _build_plan(
             if weights is not None:  # 0/1 weights of padded examples
                 w = tf.cast(weights, a.dtype)
                 a = a * tf.reshape(w, [-1] + [1] * (a.shape.rank - 1))
-            kron_values.append(rules[id(layer)].kronecker_inputs(layer, a))
+            kron_values.append(rules[id(layer)].kronecker_inputs(layer, a, calls[id(layer)][1]))
             kron_values.append(factors[(id(layer), "kronecker")])
             if want_curvature:
                 kron_values.append(curvature[(id(layer), "kronecker")])

@@ -1,10 +1,12 @@
-"""Kronecker-factored second moments of a Dense layer's per-example gradients.
+"""Kronecker-factored second moments of a Dense (or Conv) layer's per-example gradients.
 
 For ``z = a W + b`` the per-example gradient of the kernel is the outer product
 ``s_i = a_i^T delta_i``, so its second moment ``E[vec(s) vec(s)^T]`` is
 approximated by ``E[a a^T] (x) E[delta delta^T]`` (K-FAC, Martens & Grosse 2015).
 With the input augmented by a constant 1 (``a~ = [a, 1]``) the bias row joins
-the kernel: the factors describe the ``[I + 1, O]`` matrix ``[W; b]``.
+the kernel: the factors describe the ``[I + 1, O]`` matrix ``[W; b]``. A
+convolution is a Dense layer on every patch; its factors (KFC, Grosse & Martens
+2016) are built by :class:`tfstatprune.stats.rules.conv.ConvRule`.
 
 Sums over examples, float64 on the host (divide by ``count`` for means):
 

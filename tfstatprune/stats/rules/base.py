@@ -103,8 +103,10 @@ class GradientRule:
         """
         return None
 
-    def kronecker_inputs(self, layer: keras.layers.Layer, inputs: tf.Tensor) -> tf.Tensor:
-        """Batch sum of the input factor ``a~^T a~``."""
+    def kronecker_inputs(
+        self, layer: keras.layers.Layer, inputs: tf.Tensor, outputs: tf.Tensor
+    ) -> tf.Tensor:
+        """Batch sum of the input factor ``a~^T a~`` (``outputs``: the layer's z, for its shape)."""
         raise NotImplementedError
 
     def kronecker_outputs(self, layer: keras.layers.Layer, delta: tf.Tensor) -> tf.Tensor:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from tfstatprune._keras import keras
+from tfstatprune.stats.kronecker import input_factor, output_factor
 from tfstatprune.stats.rules.base import BatchMoments, GradientRule, moments_of, size_of
 
 __all__ = ["ConvolutionRule", "ConvRule", "DepthwiseConvRule"]
@@ -164,10 +165,39 @@ def _at_least_zero(value: int | tf.Tensor) -> int | tf.Tensor:
 
 
 class ConvRule(ConvolutionRule):
-    """``Conv1D`` and ``Conv2D`` (any ``groups``): kernel ``[*kernel_size, C_in / G, C_out]``."""
+    """``Conv1D`` and ``Conv2D`` (any ``groups``): kernel ``[*kernel_size, C_in / G, C_out]``.
+
+    Kronecker factors (``groups == 1``) as in KFC (Grosse & Martens 2016): the
+    kernel is the ``[K * C_in, C_out]`` matrix of a Dense layer applied to
+    every patch (K kernel taps), and with spatially uncorrelated derivatives
+    ``E[g g^T] ~ (1 / P) sum_p E[a~_p a~_p^T] (x) sum_p E[delta_p delta_p^T]``
+    over the P output positions: the input factor is the patch second moment
+    summed over positions and divided by P, the output factor the ``delta``
+    second moment summed over positions.
+    """
 
     def groups(self, layer: keras.layers.Layer, in_channels: int) -> int:
         return layer.groups
+
+    def kronecker_shapes(self, layer: keras.layers.Layer) -> tuple[int, int] | None:
+        if layer.groups != 1:
+            return None
+        *taps, in_channels, out_channels = layer.kernel.shape
+        return size_of(taps) * int(in_channels) + int(layer.use_bias), int(out_channels)
+
+    def kronecker_inputs(
+        self, layer: keras.layers.Layer, inputs: tf.Tensor, outputs: tf.Tensor
+    ) -> tf.Tensor:
+        x, z = self._channels_last_2d(layer, inputs, outputs)
+        patches = tf.stack(self._taps(layer, x, z), axis=-2)  # [B, H_out, W_out, K, C_in]
+        rows = tf.reshape(patches, [-1, patches.shape[-2] * patches.shape[-1]])
+        positions = tf.cast(_dim(z, 1) * _dim(z, 2), rows.dtype)
+        return input_factor(rows, layer.use_bias) / positions
+
+    def kronecker_outputs(self, layer: keras.layers.Layer, delta: tf.Tensor) -> tf.Tensor:
+        if layer.data_format == _CHANNELS_FIRST:
+            delta = tf.transpose(delta, [0, *range(2, layer.rank + 2), 1])
+        return output_factor(delta)
 
 
 class DepthwiseConvRule(ConvolutionRule):

@@ -65,7 +65,9 @@ class DenseRule(GradientRule):
         inputs, units = layer.kernel.shape
         return int(inputs) + int(layer.use_bias), int(units)
 
-    def kronecker_inputs(self, layer: keras.layers.Layer, inputs: tf.Tensor) -> tf.Tensor:
+    def kronecker_inputs(
+        self, layer: keras.layers.Layer, inputs: tf.Tensor, outputs: tf.Tensor
+    ) -> tf.Tensor:
         return input_factor(inputs, layer.use_bias)
 
     def kronecker_outputs(self, layer: keras.layers.Layer, delta: tf.Tensor) -> tf.Tensor:
