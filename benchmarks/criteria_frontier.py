@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m benchmarks.criteria_frontier [--seeds 3] [--quick]
+    python -m benchmarks.criteria_frontier [--seeds 3] [--quick] [--retrain-repeats 1]
         [--out docs/results/criteria_frontier.md]
 
 LeNet-300-100 (L2 1e-4) is trained once per seed on MNIST (cached under
@@ -11,7 +11,9 @@ and global scope, biases kept; test accuracy is measured without retraining
 and after ``--retrain-epochs`` epochs of retraining with the masks held. The
 statistics use 10k training examples. Results are appended to a JSON-lines
 file as they come (a rerun skips what is done), then tabulated (mean and
-spread over seeds) and plotted.
+spread over seeds) and plotted, with wald_block minus magnitude paired by seed
+and a McNemar test on the paired test predictions. ``--retrain-repeats R``
+retrains every pruned model R times (other shuffles) and reports the mean.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import numpy as np
 import tfstatprune as tsp
 from tfstatprune import datasets, models
 from tfstatprune._keras import keras
+from tfstatprune.cli import int_at_least
+from tfstatprune.stopping import mcnemar_worse
 
 CRITERIA = {
     "magnitude": ("magnitude", {}),
@@ -43,6 +47,7 @@ L2 = 1e-4
 STATS_EXAMPLES = 10_000
 BATCH = 128
 LEARNING_RATE = 1e-3
+RETRAIN_SEED_STRIDE = 1000  # repeat r of a seed's retraining runs with seed + stride * r
 
 
 class KeepMasks(keras.callbacks.Callback):
@@ -57,6 +62,23 @@ class KeepMasks(keras.callbacks.Callback):
             w.assign(w * mask)
 
 
+def retrain(pruned: keras.Model, seed: int, epochs: int, data: datasets.MNIST) -> np.ndarray:
+    """Retrain a copy of ``pruned`` with its zeros held; per test image, right or not."""
+    model = keras.models.clone_model(pruned)
+    model.set_weights(pruned.get_weights())
+    models.compile_classifier(model, LEARNING_RATE)
+    keras.utils.set_random_seed(seed)
+    model.fit(
+        data.x_train,
+        data.y_train,
+        epochs=epochs,
+        batch_size=BATCH,
+        callbacks=[KeepMasks(model)],
+        verbose=0,
+    )
+    return correct(model, data)
+
+
 def dense_model(seed: int, epochs: int, cache: Path, data: datasets.MNIST) -> keras.Model:
     path = cache / f"lenet_300_100_l2_seed{seed}_e{epochs}.keras"
     if path.exists():
@@ -69,9 +91,22 @@ def dense_model(seed: int, epochs: int, cache: Path, data: datasets.MNIST) -> ke
     return model
 
 
+def correct(model: keras.Model, data: datasets.MNIST) -> np.ndarray:
+    """Per test image, whether the model's prediction is right."""
+    return model.predict(data.x_test, batch_size=2048, verbose=0).argmax(1) == data.y_test
+
+
 def accuracy(model: keras.Model, data: datasets.MNIST) -> float:
-    predictions = model.predict(data.x_test, batch_size=2048, verbose=0).argmax(1)
-    return float((predictions == data.y_test).mean())
+    return float(correct(model, data).mean())
+
+
+def pack(flags: np.ndarray) -> str:
+    """Booleans as hex (8 per byte), for the JSON-lines log; :func:`unpack` inverts it."""
+    return np.packbits(np.asarray(flags, bool)).tobytes().hex()
+
+
+def unpack(text: str, size: int) -> np.ndarray:
+    return np.unpackbits(np.frombuffer(bytes.fromhex(text), np.uint8))[:size].astype(bool)
 
 
 def run(args: argparse.Namespace) -> list[dict]:
@@ -109,33 +144,33 @@ def run(args: argparse.Namespace) -> list[dict]:
                         **options,
                     )
                     seconds = time.perf_counter() - started
-                    one_shot = accuracy(pruned, data)
-                    models.compile_classifier(pruned, LEARNING_RATE)
-                    keras.utils.set_random_seed(seed)
-                    pruned.fit(
-                        data.x_train,
-                        data.y_train,
-                        epochs=args.retrain_epochs,
-                        batch_size=BATCH,
-                        callbacks=[KeepMasks(pruned)],
-                        verbose=0,
-                    )
+                    one_shot = correct(pruned, data)
+                    runs = [
+                        retrain(pruned, seed + RETRAIN_SEED_STRIDE * r, args.retrain_epochs, data)
+                        for r in range(args.retrain_repeats)
+                    ]
                     row = dict(
                         seed=seed,
                         criterion=label,
                         scope=scope,
                         sparsity=sparsity,
                         dense=dense_acc,
-                        one_shot=one_shot,
-                        retrained=accuracy(pruned, data),
+                        one_shot=float(one_shot.mean()),
+                        retrained=float(np.mean([run.mean() for run in runs])),
                         prune_seconds=seconds,
+                        test_images=int(one_shot.size),
+                        one_shot_correct=pack(one_shot),
                     )
+                    if len(runs) == 1:  # paired test predictions (repeats are not independent)
+                        row["retrained_correct"] = pack(runs[0])
+                    else:
+                        row["retrained_runs"] = [float(run.mean()) for run in runs]
                     rows.append(row)
                     with log.open("a") as f:
                         f.write(json.dumps(row) + "\n")
                     print(
                         f"seed {seed} {label:>14} {scope:>6} {sparsity:.2f}: "
-                        f"{one_shot:.4f} -> {row['retrained']:.4f} ({seconds:.1f} s)",
+                        f"{row['one_shot']:.4f} -> {row['retrained']:.4f} ({seconds:.1f} s)",
                         flush=True,
                     )
     return rows
@@ -171,8 +206,25 @@ def table(rows: list[dict], scope: str, sparsities: list[float], criteria: list[
 def paired_gap(
     rows: list[dict], sparsities: list[float], ours: str = "wald_block", base: str = "magnitude"
 ) -> list[str]:
-    """Lines of a table: ``ours - base`` per seed (same dense model), mean ± std, in points."""
+    """Lines of a table: ``ours - base`` per seed (same dense model), mean ± std, in points.
+
+    Where the log has the per-image predictions, each figure carries the p-value of a
+    one-sided McNemar test of "``ours`` is less accurate", the test images of all seeds
+    pooled (discordant pairs summed over seeds).
+    """
     by_key = {(r["seed"], r["criterion"], r["scope"], r["sparsity"]): r for r in rows}
+
+    def figure(pairs: list[tuple[dict, dict]], field: str) -> str:
+        gaps = np.array([(a[field] - b[field]) * 100 for a, b in pairs])
+        text = f"{gaps.mean():+.2f} ± {gaps.std():.2f}"
+        flags = f"{field}_correct"
+        if all(flags in a and flags in b for a, b in pairs):
+            test = mcnemar_worse(
+                np.concatenate([unpack(b[flags], b["test_images"]) for a, b in pairs]),
+                np.concatenate([unpack(a[flags], a["test_images"]) for a, b in pairs]),
+            )
+            text += f" (p {test.p_value:.2f})"
+        return text + ("" if gaps.mean() >= 0 else " **<**")
 
     def cell(scope: str, s: float) -> str:
         pairs = [
@@ -182,13 +234,7 @@ def paired_gap(
         ]
         if not pairs:
             return ""
-        gaps = [
-            np.array([(a[field] - b[field]) * 100 for a, b in pairs])
-            for field in ("one_shot", "retrained")
-        ]
-        return " / ".join(
-            f"{g.mean():+.2f} ± {g.std():.2f}{'' if g.mean() >= 0 else ' **<**'}" for g in gaps
-        )
+        return " / ".join(figure(pairs, field) for field in ("one_shot", "retrained"))
 
     return _grid("scope", list(SCOPES), sparsities, cell)
 
@@ -228,6 +274,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=8, help="training epochs of the dense model")
     parser.add_argument("--retrain-epochs", type=int, default=2)
+    parser.add_argument(
+        "--retrain-repeats",
+        type=int_at_least(1),
+        default=1,
+        help="retrain each pruned model this many times (other shuffles); report the mean",
+    )
     parser.add_argument("--criteria", default=",".join(CRITERIA))
     parser.add_argument(
         "--sparsities", type=lambda t: [float(v) for v in t.split(",")], default=list(SPARSITIES)
@@ -258,7 +310,13 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.seeds} seed(s); statistics on {STATS_EXAMPLES} training examples; biases kept; "
         "test accuracy (%) on the 10k MNIST test images, mean ± std over seeds, "
         f"**without retraining / after {args.retrain_epochs} epochs of retraining** "
-        "(masks held).",
+        "(masks held"
+        + (
+            f"; mean of {args.retrain_repeats} retraining runs with different shuffles"
+            if args.retrain_repeats > 1
+            else ""
+        )
+        + ").",
         "",
     ]
     for scope in SCOPES:
@@ -269,7 +327,11 @@ def main(argv: list[str] | None = None) -> None:
             "## wald_block minus magnitude",
             "",
             "Accuracy difference in points, paired by seed (same dense model), mean ± std, "
-            "without / after retraining; **<** marks a mean below magnitude.",
+            "without / after retraining; **<** marks a mean below magnitude; (p ...): one-sided "
+            "McNemar test of wald_block being less accurate, the paired test predictions of all "
+            "seeds pooled (small p: significantly worse). The test takes the pruned models as "
+            "given: it covers the sampling of test images, not the randomness of retraining "
+            "(which shuffle a model is retrained with); `--retrain-repeats` averages over that.",
             "",
             *gap,
             "",
