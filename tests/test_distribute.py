@@ -54,6 +54,11 @@ def arrays(result):
             [w.sum.tolist(), w.sumsq.tolist(), listed(w.curvature)]
             for w in result.weights.values()
         ],
+        "kronecker": [
+            [k.inputs.tolist(), k.gradients.tolist(), listed(k.curvature)]
+            for k in (w.kronecker for w in result.weights.values())
+            if k is not None
+        ],
     }
 """
 
@@ -83,8 +88,9 @@ out["fisher"] = {
 }
 with strategy.scope():  # a model built outside, collected inside the scope
     out["fisher"]["scope"] = arrays(collect_statistics(single, (x[:36], y[:36]), **kwargs))
-# The exact GGN, 37 examples: the last chunk has one example for two replicas.
-kwargs = dict(batch_size=12, hessian="ggn_exact", verbose=0)
+# The exact GGN and the Kronecker factors, 37 examples: the last chunk has one
+# example for two replicas (a padded example of weight 0).
+kwargs = dict(batch_size=12, hessian="ggn_exact", kronecker=True, verbose=0)
 out["ggn_exact"] = {
     "single": arrays(collect_statistics(single, (x, y), weights=ruled(single), **kwargs)),
     "model_strategy": arrays(
@@ -131,7 +137,10 @@ def _last_json_line(stdout: str) -> dict:
 
 def assert_same_statistics(got: dict, want: dict) -> None:
     assert got["count"] == want["count"]
-    for got_weight, want_weight in zip(got["sums"], want["sums"], strict=True):
+    assert len(got["kronecker"]) == len(want["kronecker"])
+    for got_weight, want_weight in zip(
+        got["sums"] + got["kronecker"], want["sums"] + want["kronecker"], strict=True
+    ):
         for a, b in zip(got_weight, want_weight, strict=True):
             if b is None:
                 assert a is None
@@ -152,6 +161,7 @@ def test_mirrored_strategy_matches_a_single_device():
     results = _last_json_line(run.stdout)
     assert results["fisher"]["single"]["count"] == 36
     assert results["ggn_exact"]["single"]["count"] == 37
+    assert len(results["ggn_exact"]["single"]["kronecker"]) == 2  # the Conv2D and the Dense
     for found in results.values():
         assert_same_statistics(found["model_strategy"], found["single"])
     assert_same_statistics(results["fisher"]["scope"], results["fisher"]["single"])

@@ -568,10 +568,9 @@ def _build_plan(
             if layer not in kron_layers:
                 continue
             a = tf.cast(tf.nest.flatten(a)[0], tf.float32)
-            if weights is not None:  # 0/1 weights of padded examples
-                w = tf.cast(weights, a.dtype)
-                a = a * tf.reshape(w, [-1] + [1] * (a.shape.rank - 1))
-            kron_values.append(rules[id(layer)].kronecker_inputs(layer, a, calls[id(layer)][1]))
+            kron_values.append(  # weights: 0/1 of padded examples
+                rules[id(layer)].kronecker_inputs(layer, a, calls[id(layer)][1], weights)
+            )
             kron_values.append(factors[(id(layer), "kronecker")])
             if want_curvature:
                 kron_values.append(curvature[(id(layer), "kronecker")])

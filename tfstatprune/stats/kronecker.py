@@ -51,12 +51,20 @@ class KroneckerFactors(NamedTuple):
         )
 
 
-def input_factor(inputs: tf.Tensor, has_bias: bool) -> tf.Tensor:
-    """Batch sum ``a~^T a~`` for inputs ``[B, (T...,) I]`` (positions count as samples)."""
+def input_factor(inputs: tf.Tensor, has_bias: bool, weights: tf.Tensor | None = None) -> tf.Tensor:
+    """Batch sum ``a~^T a~`` for inputs ``[B, (T...,) I]`` (positions count as samples).
+
+    ``weights`` (``[B]``, or None for all ones) weigh each example's rows, the
+    constant 1 of the bias included: a padded example of weight 0 adds nothing.
+    """
     a = tf.reshape(inputs, [-1, tf.shape(inputs)[-1]])
     if has_bias:
         a = tf.concat([a, tf.ones_like(a[:, :1])], axis=1)
-    return tf.matmul(a, a, transpose_a=True)
+    if weights is None:
+        return tf.matmul(a, a, transpose_a=True)
+    w = tf.reshape(tf.cast(weights, a.dtype), [-1] + [1] * (inputs.shape.rank - 2))
+    rows = tf.reshape(tf.broadcast_to(w, tf.shape(inputs)[:-1]), [-1, 1])
+    return tf.matmul(a * rows, a, transpose_a=True)
 
 
 def output_factor(delta: tf.Tensor) -> tf.Tensor:

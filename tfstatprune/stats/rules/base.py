@@ -104,9 +104,16 @@ class GradientRule:
         return None
 
     def kronecker_inputs(
-        self, layer: keras.layers.Layer, inputs: tf.Tensor, outputs: tf.Tensor
+        self,
+        layer: keras.layers.Layer,
+        inputs: tf.Tensor,
+        outputs: tf.Tensor,
+        weights: tf.Tensor | None = None,
     ) -> tf.Tensor:
-        """Batch sum of the input factor ``a~^T a~`` (``outputs``: the layer's z, for its shape)."""
+        """Batch sum of the input factor ``a~^T a~``, examples weighted by ``weights`` ``[B]``.
+
+        ``outputs`` is the layer's z (for its shape).
+        """
         raise NotImplementedError
 
     def kronecker_outputs(self, layer: keras.layers.Layer, delta: tf.Tensor) -> tf.Tensor:

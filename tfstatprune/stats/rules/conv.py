@@ -186,13 +186,17 @@ class ConvRule(ConvolutionRule):
         return size_of(taps) * int(in_channels) + int(layer.use_bias), int(out_channels)
 
     def kronecker_inputs(
-        self, layer: keras.layers.Layer, inputs: tf.Tensor, outputs: tf.Tensor
+        self,
+        layer: keras.layers.Layer,
+        inputs: tf.Tensor,
+        outputs: tf.Tensor,
+        weights: tf.Tensor | None = None,
     ) -> tf.Tensor:
         x, z = self._channels_last_2d(layer, inputs, outputs)
         patches = tf.stack(self._taps(layer, x, z), axis=-2)  # [B, H_out, W_out, K, C_in]
-        rows = tf.reshape(patches, [-1, patches.shape[-2] * patches.shape[-1]])
+        rows = tf.reshape(patches, [tf.shape(x)[0], -1, patches.shape[-2] * patches.shape[-1]])
         positions = tf.cast(_dim(z, 1) * _dim(z, 2), rows.dtype)
-        return input_factor(rows, layer.use_bias) / positions
+        return input_factor(rows, layer.use_bias, weights) / positions
 
     def kronecker_outputs(self, layer: keras.layers.Layer, delta: tf.Tensor) -> tf.Tensor:
         if layer.data_format == _CHANNELS_FIRST:

@@ -66,9 +66,13 @@ class DenseRule(GradientRule):
         return int(inputs) + int(layer.use_bias), int(units)
 
     def kronecker_inputs(
-        self, layer: keras.layers.Layer, inputs: tf.Tensor, outputs: tf.Tensor
+        self,
+        layer: keras.layers.Layer,
+        inputs: tf.Tensor,
+        outputs: tf.Tensor,
+        weights: tf.Tensor | None = None,
     ) -> tf.Tensor:
-        return input_factor(inputs, layer.use_bias)
+        return input_factor(inputs, layer.use_bias, weights)
 
     def kronecker_outputs(self, layer: keras.layers.Layer, delta: tf.Tensor) -> tf.Tensor:
         return output_factor(delta)
