@@ -3,7 +3,7 @@
 Usage::
 
     python -m benchmarks.criteria_frontier [--seeds 3] [--quick] [--retrain-repeats 1]
-        [--out docs/results/criteria_frontier.md]
+        [--variant LABEL=CRITERION[,key=value...]] [--out docs/results/criteria_frontier.md]
 
 LeNet-300-100 (L2 1e-4) is trained once per seed on MNIST (cached under
 ``runs/``), then pruned one-shot with each criterion at each sparsity, in layer
@@ -14,6 +14,10 @@ file as they come (a rerun skips what is done), then tabulated (mean and
 spread over seeds) and plotted, with wald_block minus magnitude paired by seed
 and a McNemar test on the paired test predictions. ``--retrain-repeats R``
 retrains every pruned model R times (other shuffles) and reports the mean.
+``--variant`` adds a criterion with options under a label of its own, e.g.
+``"wald_block d1=wald_block,damping=1"``; the option ``restricted=false`` keeps
+a block criterion's mask but not its update (the survivors keep their dense
+values). Every variant is compared with magnitude like wald_block.
 """
 
 from __future__ import annotations
@@ -48,6 +52,38 @@ STATS_EXAMPLES = 10_000
 BATCH = 128
 LEARNING_RATE = 1e-3
 RETRAIN_SEED_STRIDE = 1000  # repeat r of a seed's retraining runs with seed + stride * r
+VARIANT_SYNTAX = "LABEL=CRITERION[,key=value...]"
+
+
+def parse_variant(text: str) -> tuple[str, tuple[str, dict]]:
+    """``LABEL=CRITERION[,key=value...]`` -> ``(label, (criterion, options))``.
+
+    Values are read as JSON where they parse (``1``, ``0.5``, ``false``), else kept
+    as strings (``hessian=ggn``).
+    """
+    label, sep, spec = text.partition("=")
+    criterion, *pairs = spec.split(",")
+    if not sep or not label.strip() or not criterion.strip():
+        raise argparse.ArgumentTypeError(f"expected {VARIANT_SYNTAX}, got {text!r}")
+    if label.strip() in CRITERIA:
+        raise argparse.ArgumentTypeError(
+            f"variant label {label.strip()!r} is a built-in criterion's label; choose another"
+        )
+    if criterion.strip() not in tsp.available_criteria():
+        raise argparse.ArgumentTypeError(
+            f"unknown criterion {criterion.strip()!r} in {text!r}; "
+            f"available: {', '.join(tsp.available_criteria())}"
+        )
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise argparse.ArgumentTypeError(f"expected key=value, got {pair!r} in {text!r}")
+        try:
+            options[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip()] = value.strip()
+    return label.strip(), (criterion.strip(), options)
 
 
 class KeepMasks(keras.callbacks.Callback):
@@ -121,6 +157,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             row = json.loads(line)
             done[(row["seed"], row["criterion"], row["scope"], row["sparsity"])] = row
     criteria = {k: CRITERIA[k] for k in args.criteria.split(",")}
+    criteria.update(args.variant)
     rows = list(done.values())
     for seed in range(args.seeds):
         dense = dense_model(seed, args.epochs, Path(args.cache), data)
@@ -132,6 +169,8 @@ def run(args: argparse.Namespace) -> list[dict]:
                     if key in done:
                         continue
                     started = time.perf_counter()
+                    given = dict(options)
+                    restricted = given.pop("restricted", True)
                     pruned = tsp.prune_once(
                         dense,
                         stats,
@@ -141,8 +180,11 @@ def run(args: argparse.Namespace) -> list[dict]:
                         seed=seed,
                         verbose=0,
                         min_weights_per_unit=args.min_weights_per_unit,
-                        **options,
+                        **given,
                     )
+                    if not restricted:  # the mask alone: survivors keep their dense values
+                        for kept, before in zip(pruned.weights, dense.weights, strict=True):
+                            kept.assign(before.numpy() * (kept.numpy() != 0))
                     seconds = time.perf_counter() - started
                     one_shot = correct(pruned, data)
                     runs = [
@@ -216,7 +258,8 @@ def paired_gap(
 
     def figure(pairs: list[tuple[dict, dict]], field: str) -> str:
         gaps = np.array([(a[field] - b[field]) * 100 for a, b in pairs])
-        text = f"{gaps.mean():+.2f} ± {gaps.std():.2f}"
+        mean = round(float(gaps.mean()), 2) + 0.0  # as printed; + 0.0 turns -0.0 into 0.0
+        text = f"{mean:+.2f} ± {gaps.std():.2f}"
         flags = f"{field}_correct"
         if all(flags in a and flags in b for a, b in pairs):
             test = mcnemar_worse(
@@ -224,7 +267,7 @@ def paired_gap(
                 np.concatenate([unpack(a[flags], a["test_images"]) for a, b in pairs]),
             )
             text += f" (p {test.p_value:.2f})"
-        return text + ("" if gaps.mean() >= 0 else " **<**")
+        return text + ("" if mean >= 0 else " **<**")
 
     def cell(scope: str, s: float) -> str:
         pairs = [
@@ -287,6 +330,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--min-weights-per-unit", type=int, default=0, help="prune_once's min_weights_per_unit"
     )
+    parser.add_argument(
+        "--variant",
+        type=parse_variant,
+        action="append",
+        default=[],
+        metavar=VARIANT_SYNTAX,
+        help="add a criterion with options under its own label (repeatable); "
+        "restricted=false keeps a block criterion's mask without its update",
+    )
     parser.add_argument("--scopes", default=",".join(SCOPES))
     parser.add_argument("--cache", default="runs/criteria_frontier")
     parser.add_argument("--log", default="runs/criteria_frontier/results.jsonl")
@@ -300,7 +352,7 @@ def main(argv: list[str] | None = None) -> None:
         args.log = str(Path(args.cache) / "quick.jsonl")
     Path(args.log).parent.mkdir(parents=True, exist_ok=True)
     rows = run(args)
-    criteria = args.criteria.split(",")
+    criteria = [*args.criteria.split(","), *dict(args.variant)]
     text = [
         "# One-shot pruning of LeNet-300-100: criteria compared",
         "",
@@ -321,14 +373,16 @@ def main(argv: list[str] | None = None) -> None:
     ]
     for scope in SCOPES:
         text += [f"## {scope} scope", "", table(rows, scope, args.sparsities, criteria), ""]
-    gap = paired_gap(rows, args.sparsities)
-    if len(gap) > 2 and any(cell.strip() for line in gap[2:] for cell in line.split("|")[2:]):
+    for ours in ["wald_block", *dict(args.variant)]:
+        gap = paired_gap(rows, args.sparsities, ours=ours)
+        if len(gap) < 3 or not any(c.strip() for line in gap[2:] for c in line.split("|")[2:]):
+            continue
         text += [
-            "## wald_block minus magnitude",
+            f"## {ours} minus magnitude",
             "",
             "Accuracy difference in points, paired by seed (same dense model), mean ± std, "
             "without / after retraining; **<** marks a mean below magnitude; (p ...): one-sided "
-            "McNemar test of wald_block being less accurate, the paired test predictions of all "
+            f"McNemar test of {ours} being less accurate, the paired test predictions of all "
             "seeds pooled (small p: significantly worse). The test takes the pruned models as "
             "given: it covers the sampling of test images, not the randomness of retraining "
             "(which shuffle a model is retrained with); `--retrain-repeats` averages over that.",

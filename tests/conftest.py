@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -10,6 +13,23 @@ import numpy as np
 import pytest
 
 from tfstatprune._keras import keras
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def benchmark_script(request):
+    """The script ``benchmarks/<BENCHMARK>.py`` of the test module, loaded by path."""
+    name = request.module.BENCHMARK
+    spec = importlib.util.spec_from_file_location(f"{name}_under_test", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        del sys.modules[spec.name]
+
 
 # Tolerance tiers (relative error, against float64 per-example references).
 RTOL_FLOAT32 = 1e-5

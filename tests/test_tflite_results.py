@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "tflite_results.py"
+BENCHMARK = "tflite_results"
 
 
-@pytest.fixture(scope="module")
-def results_script():
-    spec = importlib.util.spec_from_file_location("tflite_results_under_test", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        del sys.modules[spec.name]
+@pytest.fixture
+def results_script(benchmark_script):
+    return benchmark_script
 
 
 def test_results_script_arguments(results_script):
