@@ -346,6 +346,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="1 seed, 1 epoch, 2 levels")
     given = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(given)
+    labels = [label for label, _ in args.variant]
+    if len(set(labels)) < len(labels):
+        parser.error(f"--variant labels must differ, got {labels}")
     if args.quick:
         args.seeds, args.epochs, args.retrain_epochs = 1, 1, 1
         args.sparsities = [0.9, 0.95]

@@ -10,18 +10,13 @@ import pytest
 BENCHMARK = "criteria_frontier"
 
 
-@pytest.fixture
-def frontier(benchmark_script):
-    return benchmark_script
-
-
-def test_variant_label_criterion_and_typed_options(frontier):
-    label, (criterion, options) = frontier.parse_variant(
+def test_variant_label_criterion_and_typed_options(benchmark_script):
+    label, (criterion, options) = benchmark_script.parse_variant(
         "wb d1=wald_block,damping=1,restricted=false,hessian=ggn"
     )
     assert (label, criterion) == ("wb d1", "wald_block")
     assert options == {"damping": 1, "restricted": False, "hessian": "ggn"}
-    assert frontier.parse_variant("plain=obs") == ("plain", ("obs", {}))
+    assert benchmark_script.parse_variant("plain=obs") == ("plain", ("obs", {}))
 
 
 @pytest.mark.parametrize(
@@ -35,12 +30,12 @@ def test_variant_label_criterion_and_typed_options(frontier):
         ("magnitude=wald_block", "built-in criterion's label"),
     ],
 )
-def test_bad_variants_name_the_problem(frontier, text, message):
+def test_bad_variants_name_the_problem(benchmark_script, text, message):
     with pytest.raises(argparse.ArgumentTypeError, match=message):
-        frontier.parse_variant(text)
+        benchmark_script.parse_variant(text)
 
 
-def test_paired_gap_of_a_variant_against_magnitude(frontier):
+def test_paired_gap_of_a_variant_against_magnitude(benchmark_script):
     def row(seed, criterion, one_shot, retrained, flags):
         return dict(
             seed=seed,
@@ -50,7 +45,7 @@ def test_paired_gap_of_a_variant_against_magnitude(frontier):
             one_shot=one_shot,
             retrained=retrained,
             test_images=4,
-            one_shot_correct=frontier.pack(np.array(flags, bool)),
+            one_shot_correct=benchmark_script.pack(np.array(flags, bool)),
         )
 
     rows = [
@@ -59,20 +54,26 @@ def test_paired_gap_of_a_variant_against_magnitude(frontier):
         row(1, "magnitude", 0.50, 0.90, [1, 0, 1, 0]),
         row(1, "v", 0.25, 0.90, [0, 0, 1, 0]),
     ]
-    lines = frontier.paired_gap(rows, [0.5], ours="v")
+    lines = benchmark_script.paired_gap(rows, [0.5], ours="v")
     layer = next(line for line in lines if line.startswith("| layer"))
     # one-shot gaps +25 and -25 points: mean 0, std 25; retrained -10 and 0: mean -5, std 5.
     # Discordant pairs pooled: magnitude right / v wrong 1, v right / magnitude wrong 1,
     # so P(B >= 1) with B ~ Bin(2, 1/2) is 0.75.
     assert "+0.00 ± 25.00 (p 0.75)" in layer
     assert "-5.00 ± 5.00 **<**" in layer
-    assert frontier.paired_gap(rows, [0.5], ours="wald_block")[2].count("|") == 3
+    assert benchmark_script.paired_gap(rows, [0.5], ours="wald_block")[2].count("|") == 3
 
 
-def test_a_gap_that_rounds_to_zero_is_not_marked_below(frontier):
+def test_a_gap_that_rounds_to_zero_is_not_marked_below(benchmark_script):
     rows = [
         dict(seed=0, criterion=c, scope="global", sparsity=0.8, one_shot=v, retrained=v)
         for c, v in (("magnitude", 0.98000), ("wald_block", 0.97999))
     ]
-    line = frontier.paired_gap(rows, [0.8])[3]
+    line = benchmark_script.paired_gap(rows, [0.8])[3]
     assert line.startswith("| global") and "+0.00 ± 0.00 / +0.00 ± 0.00 |" in line
+
+
+def test_two_variants_under_one_label_are_refused(benchmark_script, capsys):
+    with pytest.raises(SystemExit):
+        benchmark_script.main(["--variant", "v=wald_block", "--variant", "v=obs,damping=1"])
+    assert "--variant labels must differ" in capsys.readouterr().err
