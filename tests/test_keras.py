@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
+from conftest import RTOL_FLOAT32
 
 import tfstatprune as tsp
 from tfstatprune._keras import keras
@@ -269,5 +270,5 @@ def test_statistics_of_a_wrapped_model_take_the_closed_form_path(tiny_mlp_data):
     plain = tsp.collect_statistics(model, (x, y), verbose=0)
     for v in weights:
         np.testing.assert_allclose(
-            got.weights[v.name].sumsq, plain.weights[v.name].sumsq, rtol=1e-6
+            got.weights[v.name].sumsq, plain.weights[v.name].sumsq, rtol=RTOL_FLOAT32
         )
