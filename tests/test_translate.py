@@ -50,6 +50,13 @@ def _attention():
     return keras3.Model(x, L3.Dense(2, name="head")(y) * 0.5 + 1.0)
 
 
+def _nested_and_shared():
+    base = keras3.Sequential([keras3.Input((4,)), L3.Dense(5, activation="relu")], name="base")
+    x = keras3.Input((4,), name="x")
+    shared = L3.Dense(4, name="shared")
+    return keras3.Model(x, L3.Dense(2, name="head")(base(shared(shared(x)))))
+
+
 def _adapted_normalization():
     norm = L3.Normalization(name="norm")
     norm.adapt(np.random.default_rng(1).random((32, 3)) * 5)
@@ -103,6 +110,10 @@ MODELS = {
     "normalization_adapted": _adapted_normalization,
     "add_concatenate_multiply": _merge,
     "multi_head_attention_and_ops": _attention,
+    "nested_model_and_shared_layer": _nested_and_shared,
+    "bidirectional_time_distributed": lambda: _functional(
+        (5, 3), L3.TimeDistributed(L3.Dense(2)), L3.Bidirectional(L3.LSTM(2))
+    ),
 }
 
 
@@ -231,7 +242,7 @@ def test_prediction_check_catches_a_wrong_translation():
     model = _functional((3,), Twice(name="twice"))
     tsp.register_translation(Twice, lambda layer: keras.layers.Rescaling(3.0, name=layer.name))
     try:
-        with pytest.raises(tsp.TranslationError, match=r"max \|diff\|"):
+        with pytest.raises(tsp.TranslationError, match=r"max \|diff\|.*Layer .twice. computes"):
             tsp.to_tf_keras(model)
     finally:
         _translate._TRANSLATIONS.pop(Twice)

@@ -294,10 +294,12 @@ def _map_config(config: dict, class_name: str, source: _Side, where: str) -> dic
         elif key == "activation":
             value = _map_activation(value, source, where)
         elif isinstance(value, dict) and "class_name" in value and "config" in value:
-            inner = value["config"]
+            inner, nested_class = value["config"], value["class_name"]
             if isinstance(inner, dict):
                 inner = _map_config(inner, value["class_name"], source, f"{where}.{key}")
-            value = {"class_name": value["class_name"], "config": inner}
+            kept = ("module", "registered_name") if source.version == 2 else ()  # Keras 3 finds
+            value = {k: value[k] for k in kept if k in value}  # nested layers by module
+            value |= {"class_name": nested_class, "config": inner}
         found[renamed.get(key, key)] = value
     return found
 
@@ -366,14 +368,20 @@ def _variable_name(variable: Any, side: _Side) -> str:
     return name.split(":")[0]
 
 
-def _roles(layer: Any, side: _Side) -> dict[str, Any]:
-    """``{role: variable}``: each weight's path inside ``layer`` (``query/kernel``)."""
+def _roles(layer: Any, side: _Side, *, short: bool = False) -> dict[str, Any]:
+    """``{role: variable}``: each weight's path inside ``layer`` (``query/kernel``).
+
+    ``short``: the weight's own name only, numbered in order when it repeats
+    (``kernel``, ``kernel#2``): for wrappers (``Bidirectional``,
+    ``TimeDistributed``) whose inner layers the two versions name differently.
+    """
     renames = WEIGHT_ROLES.get(type(layer).__name__, {}) if side.version == 3 else {}
     found: dict[str, Any] = {}
     counts: dict[str, int] = {}
     for variable in layer.weights:
         parts = _variable_name(variable, side).split("/")
         inner = parts[parts.index(layer.name) + 1 :] if layer.name in parts[:-1] else parts[-1:]
+        inner = inner[-1:] if short else inner
         role = "/".join([*inner[:-1], renames.get(inner[-1], inner[-1])])
         counts[role] = counts.get(role, 0) + 1
         found[role if counts[role] == 1 else f"{role}#{counts[role]}"] = variable
@@ -383,6 +391,8 @@ def _roles(layer: Any, side: _Side) -> dict[str, Any]:
 def _copy_weights(old: Any, new: Any, source: _Side, target: _Side) -> dict[str, str]:
     """Copy ``old``'s weights into ``new`` by role; ``{new name: old name}``."""
     have, want = _roles(old, source), _roles(new, target)
+    if set(have) != set(want):
+        have, want = _roles(old, source, short=True), _roles(new, target, short=True)
     if set(have) != set(want):
         raise TranslationError(
             f"layer {old.name!r} ({type(old).__name__}): its weights {sorted(have)} do not "
@@ -465,7 +475,9 @@ def _check_graph_model(model: Any, source: _Side) -> None:
         )
 
 
-def _translate(model: Any, source: _Side, target: _Side, data: Any, check: bool) -> _Translated:
+def _translate(
+    model: Any, source: _Side, target: _Side, data: Any, check: bool, atol: float = ATOL
+) -> _Translated:
     _check_graph_model(model, source)
     names: dict[str, str] = {}
     if _is_sequential(model, source):
@@ -500,7 +512,8 @@ def _translate(model: Any, source: _Side, target: _Side, data: Any, check: bool)
             continue  # nested models copied their own weights; ops have none
         names |= _copy_weights(old, made_layer, source, target)
     if check:
-        _check_predictions(model, new, source, target, data)
+        made_for = {id(old): made_layer for old, made_layer in pairs}
+        _check_predictions(model, new, source, target, data, atol, made_for)
         _carry_loss(model, new, source, target)
     return _Translated(new, names)
 
@@ -582,38 +595,114 @@ def _predict(model: Any, side: _Side, x: list[np.ndarray]) -> list[np.ndarray]:
 
 
 class Agreement(NamedTuple):
-    """How two models' predictions compare on the same inputs."""
+    """How two models' (or layers') outputs compare on the same inputs."""
 
     max_abs_diff: float
     max_abs_output: float
+    atol: float = ATOL
 
     @property
     def tolerance(self) -> float:
-        """:data:`ATOL`, times the largest ``|output|`` when it exceeds 1 (float32 rounding)."""
-        return ATOL * max(1.0, self.max_abs_output)
+        """``atol``, times the largest ``|output|`` when it exceeds 1 (float32 rounding)."""
+        return self.atol * max(1.0, self.max_abs_output)
 
     @property
     def passed(self) -> bool:
         return self.max_abs_diff <= self.tolerance
 
 
-def agreement(a: Any, b: Any, x: list[np.ndarray]) -> Agreement:
+def _compare(expected: list[np.ndarray], got: list[np.ndarray], atol: float) -> Agreement:
+    diff = max(
+        float(np.max(np.abs(p - q), initial=0.0)) for p, q in zip(expected, got, strict=True)
+    )
+    return Agreement(diff, max(float(np.max(np.abs(p), initial=0.0)) for p in expected), atol)
+
+
+def agreement(a: Any, b: Any, x: list[np.ndarray], atol: float = ATOL) -> Agreement:
     """Largest ``|a(x) - b(x)|`` and ``|a(x)|`` over all outputs (either Keras)."""
-    ya, yb = (_predict(m, _side(_version_of(m)), x) for m in (a, b))
-    diff = max(float(np.max(np.abs(p - q), initial=0.0)) for p, q in zip(ya, yb, strict=True))
-    return Agreement(diff, max(float(np.max(np.abs(p), initial=0.0)) for p in ya))
+    return _compare(*(_predict(m, _side(_version_of(m)), x) for m in (a, b)), atol)
 
 
-def _check_predictions(old: Any, new: Any, source: _Side, target: _Side, data: Any) -> None:
+def _numpy(value: Any) -> np.ndarray:
+    return np.asarray(getattr(value, "numpy", lambda: value)(), np.float64)
+
+
+def _layer_agreements(
+    old: Any, source: _Side, made: dict[int, Any], x: list[np.ndarray], atol: float
+) -> list[tuple[str, Agreement]]:
+    """Each call of ``old`` re-run by its translation on the original's own inputs.
+
+    Isolates a layer that computes differently from rounding that a deep
+    network amplifies: every translated layer gets exactly the inputs the
+    original layer saw.
+    """
+    graph = getattr(old, "_functional", old)  # a Keras 3 Sequential keeps its graph there
+    nodes = _nodes(graph, source)
+    known = {id(t): np.asarray(v) for t, v in zip(old.inputs, x, strict=True)}
+    wanted = {}
+    for _, args, kwargs, outputs in nodes:
+        for t in [*tf.nest.flatten((tuple(args), dict(kwargs))), *outputs]:
+            if hasattr(t, "shape") and hasattr(t, "dtype") and id(t) not in known:
+                wanted[id(t)] = t
+    probe = source.api.Model(
+        old.inputs if len(old.inputs) > 1 else old.inputs[0], list(wanted.values())
+    )
+    values = tf.nest.flatten(probe(x if len(x) > 1 else x[0], training=False))
+    to_numpy = source.api.ops.convert_to_numpy if source.version == 3 else np.asarray
+    known |= {key: np.asarray(to_numpy(v)) for key, v in zip(wanted, values, strict=True)}
+    found = []
+    for layer, args, kwargs, outputs in nodes:
+        if id(layer) not in made:
+            continue
+        args, kwargs = tf.nest.map_structure(
+            lambda v: known.get(id(v), v), (tuple(args), dict(kwargs))
+        )
+        got = tf.nest.flatten(made[id(layer)](*args, **kwargs))
+        expected = [known[id(t)] for t in outputs]
+        found.append(
+            (layer.name, _compare([_numpy(e) for e in expected], [_numpy(g) for g in got], atol))
+        )
+    return found
+
+
+def _diagnosis(old: Any, source: _Side, made: dict[int, Any], x: list, atol: float) -> str:
+    try:
+        layers = _layer_agreements(old, source, made, x, atol)
+    except Exception as error:  # noqa: BLE001 - a diagnosis must not hide the real error
+        return f"(no per-layer comparison: {type(error).__name__}: {error})"
+    wrong = [(name, a) for name, a in layers if not a.passed]
+    if wrong:
+        name, a = wrong[0]
+        return (
+            f"Layer {name!r} computes differently: max |diff| {a.max_abs_diff:.3g} on outputs "
+            f"up to {a.max_abs_output:.3g}, given the original's inputs. Translate it yourself "
+            "with tsp.register_translation(LayerClass, fn)."
+        )
+    name, a = max(layers, key=lambda pair: pair[1].max_abs_diff / pair[1].tolerance)
+    return (
+        f"Every layer, given the original's inputs, agrees within float32 rounding (largest: "
+        f"{a.max_abs_diff:.3g} on outputs up to {a.max_abs_output:.3g}, layer {name!r}); the "
+        "network amplifies rounding differences. If that is acceptable, translate it with a "
+        "larger tolerance yourself: tsp.to_tf_keras(model, atol=...)."
+    )
+
+
+def _check_predictions(
+    old: Any,
+    new: Any,
+    source: _Side,
+    target: _Side,
+    data: Any,
+    atol: float,
+    made: dict[int, Any],
+) -> None:
     x = sample_inputs(old, data)
-    found = agreement(old, new, x)
+    found = agreement(old, new, x, atol)
     if not found.passed:
         raise TranslationError(
             f"the {target.label} translation of {source.label} model {old.name!r} predicts "
             f"differently: max |diff| = {found.max_abs_diff:.3g} > {found.tolerance:.3g} on "
-            f"{len(x[0])} sample inputs. "
-            "A layer computes differently in the two Keras versions; translate it yourself "
-            "with tsp.register_translation(LayerClass, fn)."
+            f"{len(x[0])} sample inputs. {_diagnosis(old, source, made, x, atol)}"
         )
 
 
@@ -623,13 +712,16 @@ _NAMES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tf_keras mode
 _CAME_AS_KERAS3: weakref.WeakSet = weakref.WeakSet()  # wrapped models to hand back as Keras 3
 
 
-def to_tf_keras(model: Any, data: Any = None) -> keras.Model:
+def to_tf_keras(model: Any, data: Any = None, *, atol: float = ATOL) -> keras.Model:
     """An equivalent tf_keras model of a Keras 3 Sequential or functional ``model``.
 
     Architecture from the layers' configs, weights copied by layer and role,
-    predictions checked to ``max |diff| <= 1e-5`` on ``data``'s first inputs
-    (``(x, y)``, ``x`` or a dataset) or random inputs of the model's shape.
-    A tf_keras model is returned as it is; ``model`` is never modified.
+    predictions checked to ``max |diff| <= atol`` (times the largest ``|output|``
+    when it exceeds 1) on ``data``'s first inputs (``(x, y)``, ``x`` or a
+    dataset) or random inputs of the model's shape. When they differ, the error
+    says which layer computes differently, or that every layer agrees and the
+    network amplifies float32 rounding. A tf_keras model is returned as it is;
+    ``model`` is never modified.
 
     Raises:
       TranslationError: a layer without translation (the message says how to
@@ -638,12 +730,13 @@ def to_tf_keras(model: Any, data: Any = None) -> keras.Model:
     """
     if isinstance(model, keras.Model):
         return model
-    translated = _translate(model, _side(3), _side(2), data, check=True)
+    _check_atol(atol)
+    translated = _translate(model, _side(3), _side(2), data, check=True, atol=atol)
     _NAMES[translated.model] = translated.names
     return translated.model
 
 
-def to_keras3(model: Any, data: Any = None) -> Any:
+def to_keras3(model: Any, data: Any = None, *, atol: float = ATOL) -> Any:
     """An equivalent Keras 3 model of a tf_keras ``model`` (the inverse of :func:`to_tf_keras`).
 
     Pruning wrappers must be stripped first (:func:`tfstatprune.strip_pruning`).
@@ -651,7 +744,13 @@ def to_keras3(model: Any, data: Any = None) -> Any:
     """
     if is_keras3_object(model):
         return model
-    return _translate(model, _side(2), _side(3), data, check=True).model
+    _check_atol(atol)
+    return _translate(model, _side(2), _side(3), data, check=True, atol=atol).model
+
+
+def _check_atol(atol: float) -> None:
+    if not (isinstance(atol, (int, float)) and np.isfinite(atol) and atol >= 0):
+        raise ValueError(f"atol must be a finite number >= 0, got {atol!r}")
 
 
 def weight_names(model: Any) -> dict[str, str]:
