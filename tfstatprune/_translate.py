@@ -789,6 +789,18 @@ def _deliver(result: Any, version: int) -> Any:
     return convert(result)
 
 
+_KERAS3_NOTE = {
+    "model": "\n\n    Keras 3: a Keras 3 ``model`` is translated to tf_keras first (predictions "
+    "checked)\n    and the result comes back in Keras 3; ``keras_version=2`` keeps it in "
+    "tf_keras.\n",
+    "wrapped": "\n\n    Keras 3: a Keras 3 ``model`` is translated to tf_keras first (predictions "
+    "checked);\n    the wrapped tf_keras model remembers it, and ``strip_pruning`` hands "
+    "back Keras 3\n    (``keras_version=2`` here: tf_keras).\n",
+    "names": "\n\n    Keras 3: a Keras 3 ``model`` is translated to tf_keras first (predictions "
+    "checked);\n    the result is keyed by its Keras 3 weight paths.\n",
+}
+
+
 def returns_users_keras(result: str = "model") -> Callable[[Callable], Callable]:
     """Decorate an entry point taking ``model`` so that it speaks the user's Keras.
 
@@ -834,6 +846,7 @@ def returns_users_keras(result: str = "model") -> Callable[[Callable], Callable]
             len(params),
         )
         wrapper.__signature__ = signature.replace(parameters=[*params[:at], extra, *params[at:]])
+        wrapper.__doc__ = (fn.__doc__ or "") + _KERAS3_NOTE[result]
         return wrapper
 
     return decorate
