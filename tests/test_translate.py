@@ -337,6 +337,30 @@ def test_prune_once_scores_and_shrink_answer_in_keras3(small_cnn):
     np.testing.assert_allclose(_predict(small.model, x)[0], _predict(units, x)[0], atol=ATOL)
     with pytest.raises(ValueError, match="keras_version must be 2"):
         tsp.prune_once(model, (x, y), 0.5, "magnitude", verbose=0, keras_version=4)
+    cut = tsp.prune_by_threshold(model, 0.1)
+    assert type(cut).__module__.startswith("keras.")
+    kernel = model.get_layer("fc").kernel.numpy()
+    np.testing.assert_array_equal(
+        cut.get_layer("fc").kernel.numpy(), np.where(np.abs(kernel) < 0.1, 0.0, kernel)
+    )
+
+
+def test_compiled_loss_object_and_user_data_reach_the_translation(small_cnn):
+    model, x, y = small_cnn
+    logits = keras3.Sequential(
+        [keras3.Input((8, 8, 1)), L3.Flatten(), L3.Dense(2, name="out")], name="logits"
+    )
+    logits.compile(loss=keras3.losses.SparseCategoricalCrossentropy(from_logits=True))
+    translated = tsp.to_tf_keras(logits)
+    assert isinstance(translated.loss, keras.losses.SparseCategoricalCrossentropy)
+    assert translated.loss.get_config()["from_logits"] is True
+    got = tsp.scores(logits, (x, y), "wald", verbose=0)
+    assert list(got) == [logits.get_layer("out").kernel.path]
+    np.testing.assert_array_equal(_translate.sample_inputs(model, (x, y))[0], x[:8])
+    np.testing.assert_array_equal(
+        _translate.sample_inputs(model, tf.data.Dataset.from_tensor_slices((x, y)).batch(4))[0],
+        x[:4],
+    )
 
 
 def test_tf_keras_alias_works_in_this_process():
