@@ -217,19 +217,6 @@ def test_scores_are_keyed_by_weight_name(tiny_mlp_data):
     assert not np.array_equal(first.ravel()[:10], second.ravel()[:10])
 
 
-def test_keras3_model_gets_the_fix_not_tfmots_error():
-    import keras as keras3
-
-    model = keras3.Sequential([keras3.Input((3,)), keras3.layers.Dense(2)])
-    for call in (
-        lambda: tsp.prune_statistically(model, None, "magnitude"),
-        lambda: tsp.prune_once(model, None, 0.5, "magnitude"),
-    ):
-        with pytest.raises(TypeError, match="TF_USE_LEGACY_KERAS=1") as info:
-            call()
-        assert "can only prune" not in str(info.value)
-
-
 def test_bad_input_gets_a_clear_error(tiny_mlp_data):
     model, x, y = tiny_mlp_data
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
