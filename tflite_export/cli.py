@@ -45,6 +45,12 @@ def _progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _hint(error: BaseException) -> str:
+    """What the error says to do: the text after its last ``". "`` of the first line."""
+    text = _first_line(error)
+    return text.rsplit("). ", 1)[-1] if "). " in text else ""
+
+
 def _first_line(error: BaseException) -> str:
     text = str(error).strip() or type(error).__name__
     return text.splitlines()[0]
@@ -117,7 +123,10 @@ def run_export(args: argparse.Namespace) -> int:
         )
     except ValidationError as error:
         print(error.report)
-        raise CommandError(f"{out} was written but does not match Keras; see the report") from error
+        raise CommandError(
+            f"{out} was not written (an existing file is left as it was): the converted model "
+            f"does not match Keras; see the report. {_hint(error)}"
+        ) from error
     except ExportError as error:
         raise CommandError(_first_line(error)) from error
     except FileExistsError as error:
