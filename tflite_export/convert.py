@@ -17,6 +17,14 @@ import tensorflow as tf
 from tflite_export import _data
 from tflite_export._table import kib, table
 from tflite_export.flatbuffer import Storage, WeightTensor, inspect_weights, read_tflite, schema
+from tflite_export.micro import (
+    MicroCheck,
+    MicroUnavailable,
+    c_identifier,
+    c_source,
+    check_micro,
+    micro_runtime,
+)
 from tflite_export.runtime import RUNTIME_XNNPACK, load, predict
 
 __all__ = [
@@ -163,6 +171,9 @@ class ExportReport:
         ``invoke()`` calls (fused LSTM): apps call ``reset_all_variables()``
         before each sequence.
       written: whether ``path`` was written (False after a failed validation).
+      c_array: the ``.cc`` file holding the model as a C array (None: not asked).
+      micro: TFLM's run of the model (arena, outputs vs Keras), when checked.
+      micro_note: why TFLM was not run (``tflite-micro`` not installed).
     """
 
     path: Path
@@ -176,6 +187,9 @@ class ExportReport:
     static_batch: int | None = None
     stateful: bool = False
     written: bool = True
+    c_array: Path | None = None
+    micro: MicroCheck | None = None
+    micro_note: str | None = None
 
     def count(self, storage: Storage) -> int:
         """Number of weight tensors with this storage."""
@@ -212,6 +226,13 @@ class ExportReport:
         ]
         parts = [header, table(("weight", "shape", "dtype", "sparsity", "storage"), rows)]
         parts.append(f"  {self.validation}" if self.validation else "  not validated")
+        if self.c_array is not None:
+            parts.append(
+                f"  C array for TFLite Micro: {self.c_array} and {self.c_array.with_suffix('.h')}"
+            )
+            parts.append(
+                f"  {self.micro}" if self.micro else f"  not run with TFLM: {self.micro_note}"
+            )
         return "\n".join(parts)
 
 
@@ -241,6 +262,7 @@ def export(
     sample_inputs: Any = None,
     overwrite: bool = False,
     atol: float | None = None,
+    c_array: str | os.PathLike[str] | None = None,
     verbose: bool = True,
 ) -> ExportReport:
     """Convert a (pruned) tf_keras model to .tflite, check it, write it, report.
@@ -271,10 +293,18 @@ def export(
     converter needs static TensorList shapes (with a dynamic batch it fails
     with "'tf.TensorListReserve' op requires element_shape to be static").
 
+    ``c_array="model_data.cc"`` also writes the model as a C array for
+    TensorFlow Lite for Microcontrollers (the ``.cc`` and a ``.h`` beside it;
+    see :mod:`tflite_export.micro`). Where the ``tflite-micro`` package is
+    installed, the model is first run with TFLM: the report gives the tensor
+    arena it needs and TFLM's outputs are checked against Keras like
+    LiteRT's. Microcontroller builds want ``sparse=False`` (TFLM has no
+    ``DENSIFY`` and no sparse kernel) and usually ``quantize="int8"``.
+
     The file is written to a temporary file in ``path``'s directory, validated
     there, and only then moved to ``path``: a failed check leaves ``path`` as
     it was (absent, or the previous file byte for byte, also with
-    ``overwrite=True``).
+    ``overwrite=True``). The C array files follow the same rule.
 
     Args:
       model: a tf_keras model, possibly with pruning wrappers.
@@ -290,6 +320,8 @@ def export(
         random inputs (float inputs only).
       overwrite: replace an existing file.
       atol: override the mode's ``Tolerance.max_abs``.
+      c_array: also write the model as a C array to this ``.cc`` file (and
+        its ``.h``), checked with TFLM where ``tflite-micro`` is installed.
       verbose: print the report.
 
     Returns:
@@ -303,27 +335,37 @@ def export(
         reason found in the file: an op without a sparse kernel reads
         compressed weights (float16 with 1x4-block sparsity), or block storage
         drops the last inputs of a layer whose input dimension is not a
-        multiple of the block; nothing is written.
+        multiple of the block; or TFLM cannot run the model (``c_array``);
+        nothing is written.
       ValidationError: when validation fails; nothing is written, the message
         says what differs and what to do, ``.report`` has the numbers and
         ``.content`` the rejected bytes.
     """
     path = Path(path)
     _check_target(path, overwrite)
+    sources = _c_array_paths(c_array, path)
+    for source_path in sources:
+        _check_target(source_path, overwrite)
     model, stripped = strip_if_pruned(model)
     content = convert(
         model, sparse=sparse, quantize=quantize, representative_data=representative_data
     )
     weights = inspect_weights(content)
     _refuse_wrong_storage(model, weights, path)
+    data = source = None
+    if validate:
+        data, source = _validation_inputs(model, sample_inputs, representative_data)
     temporary = _write_temporary(path, content)
     try:
-        checked = None
+        checked = micro = None
         if validate:
-            data, source = _validation_inputs(model, sample_inputs, representative_data)
             written = read_tflite(temporary)  # what is on disk is what is checked
             checked = _compare(model, written, str(path), data, source, quantize, atol)
         passed = checked is None or checked.passed
+        micro_note = None
+        if sources and passed:
+            micro, micro_note = _check_micro(model, content, data, quantize, atol, path)
+            passed = micro is None or micro.passed
         report = ExportReport(
             path=path,
             quantize=quantize,
@@ -336,9 +378,22 @@ def export(
             static_batch=STATIC_BATCH if needs_static_batch(model) else None,
             stateful=bool(variable_tensors(content)),
             written=passed,
+            c_array=sources[0] if sources else None,
+            micro=micro,
+            micro_note=micro_note,
         )
         if passed:
-            _move_into_place(temporary, path, overwrite)
+            texts = _c_texts(content, sources, micro)
+            temporaries = [
+                _write_temporary(p, t.encode()) for p, t in zip(sources, texts, strict=True)
+            ]
+            try:
+                for temp, target in zip(temporaries, sources, strict=True):
+                    _move_into_place(temp, target, overwrite)
+                _move_into_place(temporary, path, overwrite)
+            finally:
+                for temp in temporaries:
+                    temp.unlink(missing_ok=True)
     finally:
         temporary.unlink(missing_ok=True)
     if verbose:
@@ -349,15 +404,80 @@ def export(
             RuntimeWarning,
             stacklevel=2,
         )
+    before = "left as it was" if path.exists() else "not written"
     if checked is not None and not checked.passed:
         hint = _failure_hint(model, content, checked, data, source, quantize, sparse, atol, path)
-        before = "left as it was" if path.exists() else "not written"
         raise ValidationError(
             f"{path} {before}: the converted model does not match Keras: {checked}. {hint}",
             report,
             content,
         )
+    if micro is not None and not micro.passed:
+        raise ValidationError(
+            f"{path} and its C array {before}: {micro}. LiteRT's outputs do match: TFLM's "
+            f"kernels compute this model differently; do not ship the array (compare the "
+            f"layers' outputs under TFLM to find the op).",
+            report,
+            content,
+        )
     return report
+
+
+def _c_array_paths(c_array: str | os.PathLike[str] | None, path: Path) -> list[Path]:
+    """``[.cc, .h]`` for ``c_array``, or ``[]``."""
+    if c_array is None:
+        return []
+    source = Path(c_array)
+    if source.suffix not in C_SUFFIXES:
+        raise ValueError(
+            f"c_array must name a C/C++ source file ({', '.join(C_SUFFIXES)}): {source}"
+        )
+    header = source.with_suffix(".h")
+    if path.resolve() in (source.resolve(), header.resolve()):
+        raise ValueError(f"c_array {source} would overwrite the .tflite file {path}")
+    return [source, header]
+
+
+#: File suffixes accepted for ``c_array``.
+C_SUFFIXES = (".cc", ".cpp", ".c")
+
+
+def _check_micro(
+    model: Any,
+    content: bytes,
+    data: np.ndarray | None,
+    quantize: str | None,
+    atol: float | None,
+    path: Path,
+) -> tuple[MicroCheck | None, str | None]:
+    """``(TFLM's check, None)`` or ``(None, why TFLM was not run)``.
+
+    Raises:
+      ExportError: when TFLM cannot run the model (an op it lacks).
+    """
+    try:
+        micro_runtime()
+    except MicroUnavailable as error:
+        return None, str(error)
+    tolerance = TOLERANCES[quantize or _FLOAT].max_abs if atol is None else atol
+    x = data if data is not None else np.zeros((0, *_example_shape(model)), _input_dtype(model))
+    checked = check_micro(content, model, x, tolerance)
+    if checked.error is not None:
+        fix = (
+            " Export with sparse=False: TFLM has no DENSIFY op and no sparse kernel."
+            if "DENSIFY" in checked.error
+            else ""
+        )
+        raise ExportError(f"not writing {path}: {checked}.{fix}")
+    return checked, None
+
+
+def _c_texts(content: bytes, sources: Sequence[Path], micro: MicroCheck | None) -> list[str]:
+    if not sources:
+        return []
+    source, header = sources
+    arena = None if micro is None else micro.arena_bytes
+    return list(c_source(content, c_identifier(source.stem), header.name, arena))
 
 
 def _check_target(path: Path, overwrite: bool) -> None:

@@ -10,8 +10,15 @@ Typical use::
     final = tsp.strip_pruning(pruned)
 
 Keras: tfstatprune uses tf_keras (Keras 2), as tensorflow-model-optimization
-does; see :mod:`tfstatprune._keras`.
+does; see :mod:`tfstatprune._keras`. Run as the ``tfstatprune`` command (only
+then), it first silences TensorFlow's start-up log lines; see
+:mod:`tfstatprune._startup`.
 """
+
+from tfstatprune import _startup
+
+if _startup.launched_as_command():  # before anything imports TensorFlow
+    _startup.quiet_tensorflow_start()
 
 from tfstatprune import criteria, masking, regularizers, schedules, stats
 from tfstatprune.criteria import (
