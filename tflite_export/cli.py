@@ -88,7 +88,18 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="store every weight dense (default: weights at least 30%% zero are stored sparse)",
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT.tflite")
+    parser.add_argument(
+        "--c-array",
+        type=Path,
+        default=None,
+        metavar="MODEL_DATA.cc",
+        help="also write the model as a C array (and its .h) for TensorFlow Lite for "
+        "Microcontrollers; with tflite-micro installed, report the tensor arena and check "
+        "its outputs (use with --no-sparse, usually --quantize int8)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing OUT.tflite (and C array)"
+    )
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -119,6 +130,7 @@ def run_export(args: argparse.Namespace) -> int:
             quantize=args.quantize,
             representative_data=data,
             overwrite=args.overwrite,
+            c_array=args.c_array,
             verbose=True,
         )
     except ValidationError as error:
@@ -130,7 +142,7 @@ def run_export(args: argparse.Namespace) -> int:
     except ExportError as error:
         raise CommandError(_first_line(error)) from error
     except FileExistsError as error:
-        raise UsageError(f"{out} already exists; pass --overwrite to replace it") from error
+        raise UsageError(_first_line(error).replace("overwrite=True", "--overwrite")) from error
     except ValueError as error:  # e.g. a model with several inputs
         raise UsageError(_first_line(error)) from error
     _progress(f"wrote {report.path} ({report.size_bytes:,} bytes)")

@@ -347,14 +347,14 @@ def export(
     for source_path in sources:
         _check_target(source_path, overwrite)
     model, stripped = strip_if_pruned(model)
+    data = source = None
+    if validate:  # before the conversion: bad inputs fail fast
+        data, source = _validation_inputs(model, sample_inputs, representative_data)
     content = convert(
         model, sparse=sparse, quantize=quantize, representative_data=representative_data
     )
     weights = inspect_weights(content)
     _refuse_wrong_storage(model, weights, path)
-    data = source = None
-    if validate:
-        data, source = _validation_inputs(model, sample_inputs, representative_data)
     temporary = _write_temporary(path, content)
     try:
         checked = micro = None

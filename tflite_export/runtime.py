@@ -78,8 +78,10 @@ def load(content: bytes, name: str, *, threads: int = 1, xnnpack: bool = True) -
     """An allocated interpreter for ``content``.
 
     When ``xnnpack`` is set but the XNNPACK delegate cannot prepare the model
-    (LiteRT 2.3 fails on ``DENSIFY`` of int8 weights), the model is loaded on
-    the builtin kernels and :attr:`Loaded.xnnpack_error` says why.
+    (LiteRT 2.3 fails on ``DENSIFY`` of int8 weights at allocation, and on
+    int8 sparse ``FULLY_CONNECTED`` of an EfficientNet at the first
+    ``invoke()``: one trial run on zeros finds it), the model is loaded on the
+    builtin kernels and :attr:`Loaded.xnnpack_error` says why.
 
     Raises:
       TFLiteFileError: when LiteRT cannot load the model at all (names ``name``).
@@ -109,6 +111,12 @@ def _allocate(content: bytes, threads: int, xnnpack: bool) -> Any:
         experimental_op_resolver_type=resolver,
     )
     interpreter.allocate_tensors()
+    if xnnpack:  # the delegate prepares some nodes only at the first invoke()
+        for detail in interpreter.get_input_details():
+            zeros = np.zeros(detail["shape"], np.dtype(detail["dtype"]))
+            interpreter.set_tensor(detail["index"], zeros)
+        interpreter.invoke()
+        interpreter.reset_all_variables()
     return interpreter
 
 

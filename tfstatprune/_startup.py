@@ -51,6 +51,8 @@ _SEVERITY = {"I": 0, "W": 1, "E": 2, "F": 3}
 #: absl's prefix: severity letter, MMDD, time, thread, file:line].
 _ABSL_LINE = re.compile(r"^([IWEF])\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [^\]]+\] ")
 _ABSL_PREAMBLE = "WARNING: All log messages before absl::InitializeLog() is called"
+#: Python's own stderr lines (a warning, a traceback): never a log line's continuation.
+_PYTHON_LINE = re.compile(r"^(Traceback \(most recent call last\)|\S+:\d+: \w*(Warning|Error)\b)")
 #: Names the command runs under: the console script, ``python -m tfstatprune[.cli]``.
 _COMMAND = "tfstatprune"
 _MODULES = ("tfstatprune", "tfstatprune.cli", "tfstatprune.__main__")
@@ -72,8 +74,8 @@ def visible_lines(text: str, level: int) -> str:
     """The lines of ``text`` that ``TF_CPP_MIN_LOG_LEVEL=level`` lets through.
 
     A line that is not in absl's format continues the log line before it
-    (TensorFlow's CPU-feature message spans two lines) unless no log line
-    came before.
+    (TensorFlow's CPU-feature message spans two lines), except Python's own
+    lines (warnings, tracebacks) and lines before any log line: those are kept.
 
     >>> visible_lines("plain\\nI0000 00:00:17.5  12 port.cc:153] oneDNN\\nmore\\n", 1)
     'plain\\n'
@@ -88,6 +90,8 @@ def visible_lines(text: str, level: int) -> str:
             shown = _SEVERITY[match.group(1)] >= level
         elif line.startswith(_ABSL_PREAMBLE):
             shown = _SEVERITY["W"] >= level
+        elif _PYTHON_LINE.match(line):
+            shown = True
         if shown:
             kept.append(line)
     return "".join(kept)
