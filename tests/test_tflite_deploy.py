@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import numpy as np
@@ -128,22 +129,32 @@ def _magnitude_pruned(model: keras.Model, sparsity: float) -> keras.Model:
     return model
 
 
-def test_recurrent_models_export_with_a_static_batch(tmp_path):
+@pytest.mark.parametrize(
+    "cell",
+    [
+        "LSTM",
+        pytest.param(
+            "GRU",
+            marks=pytest.mark.skipif(
+                not os.environ.get("TFSTATPRUNE_SLOW_TESTS"),
+                reason="converting a recurrent model takes 20-70 s here; the LSTM case runs "
+                "always, set TFSTATPRUNE_SLOW_TESTS=1 for the GRU",
+            ),
+        ),
+    ],
+)
+def test_recurrent_models_export_with_a_static_batch(tmp_path, cell):
     keras.utils.set_random_seed(0)
-    model = keras.Sequential(  # both recurrent layers in one model: one conversion
-        [
-            keras.Input((6, 4)),
-            keras.layers.GRU(8, return_sequences=True),
-            keras.layers.LSTM(8),
-            keras.layers.Dense(3),
-        ]
+    model = keras.Sequential(
+        [keras.Input((6, 4)), getattr(keras.layers, cell)(8), keras.layers.Dense(3)]
     )
     x = np.random.default_rng(0).random((12, 6, 4), np.float32)
     pruned = _magnitude_pruned(model, 0.5)  # (recurrent statistics are another issue's)
     path = tmp_path / "rnn.tflite"
     report = te.export(pruned, path, sample_inputs=x, verbose=False)
     assert report.validation.passed and report.static_batch == 1
-    assert report.stateful  # the fused LSTM keeps its state in variable tensors
+    # The fused LSTM keeps its state in variable tensors; the GRU becomes a WHILE loop.
+    assert report.stateful == (cell == "LSTM")
     # Independent of the exporter's own check: examples in reverse order, each from
     # a fresh state, match Keras.
     interpreter = load(path.read_bytes(), str(path)).interpreter
