@@ -356,7 +356,8 @@ def export_all(dense, pruned: list[Pruned], out: OutputDir, x_train, x_test) -> 
                     sample_inputs=x_test,
                     overwrite=True,
                 )
-            except ValidationError as error:  # kept, timed, and reported as failed
+            except ValidationError as error:  # timed and reported as failed: keep its bytes
+                out.path(file).write_bytes(error.content)
                 exported = error.report
             out.record(file)
             rows.append(

@@ -156,12 +156,15 @@ def test_mode_and_data_errors(tmp_path, mlp):
     assert not list(tmp_path.iterdir())
 
 
-def test_validation_failure_keeps_file_and_reports(tmp_path, mlp, data):
+def test_validation_failure_writes_nothing_and_says_why(tmp_path, mlp, data):
     path = tmp_path / "strict.tflite"
-    with pytest.raises(te.ValidationError, match="does not match Keras") as caught:
+    with pytest.raises(te.ValidationError, match="not written: the converted model") as caught:
         te.export(mlp, path, quantize="int8", representative_data=data[0], atol=1e-9, verbose=False)
-    assert path.exists()
-    assert not caught.value.report.validation.passed
+    assert not path.exists() and not list(tmp_path.iterdir())  # no temporary file left
+    error = caught.value
+    assert not error.report.validation.passed and not error.report.written
+    assert error.content[4:8] == b"TFL3"  # the rejected bytes, to inspect
+    assert "quantization error" in str(error) and "validate=False" not in str(error)
 
 
 # --- sparse storage: DENSIFY vs native 1x4 kernel --------------------------------

@@ -42,7 +42,10 @@ def _batches(data: Any, example_rank: int) -> Iterator[tuple[np.ndarray, np.ndar
 
 
 def labelled_examples(
-    data: Any, example_shape: Sequence[int | None], limit: int | None = None
+    data: Any,
+    example_shape: Sequence[int | None],
+    limit: int | None = None,
+    dtype: Any = np.float32,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Up to ``limit`` examples ``x`` (and labels ``y`` when given) as arrays.
 
@@ -51,9 +54,15 @@ def labelled_examples(
         or ``(x, y)``, batched or not.
       example_shape: the shape of one example (the model input without batch).
       limit: the maximum number of examples (all when None).
+      dtype: the dtype of ``x``: the model input's (float32; int32 token ids
+        for an ``Embedding``). Integer inputs must hold whole numbers.
 
     Returns:
-      ``(x, y)``: ``x`` float32 ``(n, *example_shape)``, ``y`` labels or None.
+      ``(x, y)``: ``x`` of ``dtype``, ``(n, *example_shape)``; ``y`` labels or None.
+
+    Raises:
+      ValueError: no examples, a wrong rank, or fractional values for an
+        integer input.
     """
     xs: list[np.ndarray] = []
     ys: list[np.ndarray] = []
@@ -69,16 +78,25 @@ def labelled_examples(
             break
     if not xs or count == 0:
         raise ValueError("the data holds no examples")
-    x = np.concatenate(xs).astype(np.float32, copy=False)
+    x = np.concatenate(xs)
+    dtype = np.dtype(dtype)
+    if np.issubdtype(dtype, np.integer) and not np.array_equal(x, np.round(x)):
+        raise ValueError(
+            f"the model takes {dtype} inputs (ids, e.g. for an Embedding) but the data holds "
+            "fractional values; pass the integer inputs the model is trained on"
+        )
     y = np.concatenate(ys) if len(ys) == len(xs) else None
-    return x, y
+    return x.astype(dtype, copy=False), y
 
 
 def examples(
-    data: Any, example_shape: Sequence[int | None], limit: int | None = None
+    data: Any,
+    example_shape: Sequence[int | None],
+    limit: int | None = None,
+    dtype: Any = np.float32,
 ) -> np.ndarray:
     """Like :func:`labelled_examples`, the inputs only."""
-    return labelled_examples(data, example_shape, limit)[0]
+    return labelled_examples(data, example_shape, limit, dtype)[0]
 
 
 def class_labels(y: np.ndarray) -> np.ndarray:

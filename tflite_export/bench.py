@@ -17,7 +17,14 @@ import numpy as np
 from tflite_export import _data
 from tflite_export._table import kib, table
 from tflite_export.flatbuffer import Storage, inspect_weights, read_tflite
-from tflite_export.runtime import RUNTIME_NAME, Loaded, load, predict, quantize_input
+from tflite_export.runtime import (
+    RUNTIME_NAME,
+    Loaded,
+    feed_dtype,
+    load,
+    predict,
+    quantize_input,
+)
 
 __all__ = ["ANDROID_DIR", "BenchmarkResult", "ModelTiming", "android_command", "benchmark"]
 
@@ -240,7 +247,7 @@ def benchmark(
 
 def _labelled(data: Any, model: Loaded) -> tuple[np.ndarray, np.ndarray]:
     (detail,) = model.interpreter.get_input_details()
-    x, y = _data.labelled_examples(data, tuple(detail["shape"][1:]))
+    x, y = _data.labelled_examples(data, tuple(detail["shape"][1:]), dtype=feed_dtype(detail))
     if y is None:
         raise ValueError("benchmark data must be (x, y) to measure accuracy")
     return x, _data.class_labels(y)

@@ -45,6 +45,12 @@ def _progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _hint(error: BaseException) -> str:
+    """What the error says to do: the text after its last ``". "`` of the first line."""
+    text = _first_line(error)
+    return text.rsplit("). ", 1)[-1] if "). " in text else ""
+
+
 def _first_line(error: BaseException) -> str:
     text = str(error).strip() or type(error).__name__
     return text.splitlines()[0]
@@ -82,7 +88,18 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="store every weight dense (default: weights at least 30%% zero are stored sparse)",
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT.tflite")
+    parser.add_argument(
+        "--c-array",
+        type=Path,
+        default=None,
+        metavar="MODEL_DATA.cc",
+        help="also write the model as a C array (and its .h) for TensorFlow Lite for "
+        "Microcontrollers; with tflite-micro installed, report the tensor arena and check "
+        "its outputs (use with --no-sparse, usually --quantize int8)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing OUT.tflite (and C array)"
+    )
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -113,15 +130,19 @@ def run_export(args: argparse.Namespace) -> int:
             quantize=args.quantize,
             representative_data=data,
             overwrite=args.overwrite,
+            c_array=args.c_array,
             verbose=True,
         )
     except ValidationError as error:
         print(error.report)
-        raise CommandError(f"{out} was written but does not match Keras; see the report") from error
+        raise CommandError(
+            f"{out} was not written (an existing file is left as it was): the converted model "
+            f"does not match Keras; see the report. {_hint(error)}"
+        ) from error
     except ExportError as error:
         raise CommandError(_first_line(error)) from error
     except FileExistsError as error:
-        raise UsageError(f"{out} already exists; pass --overwrite to replace it") from error
+        raise UsageError(_first_line(error).replace("overwrite=True", "--overwrite")) from error
     except ValueError as error:  # e.g. a model with several inputs
         raise UsageError(_first_line(error)) from error
     _progress(f"wrote {report.path} ({report.size_bytes:,} bytes)")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import gzip
 import os
+import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -15,7 +16,15 @@ import tensorflow as tf
 
 from tflite_export import _data
 from tflite_export._table import kib, table
-from tflite_export.flatbuffer import Storage, WeightTensor, inspect_weights, read_tflite
+from tflite_export.flatbuffer import Storage, WeightTensor, inspect_weights, read_tflite, schema
+from tflite_export.micro import (
+    MicroCheck,
+    MicroUnavailable,
+    c_identifier,
+    c_source,
+    check_micro,
+    micro_runtime,
+)
 from tflite_export.runtime import RUNTIME_XNNPACK, load, predict
 
 __all__ = [
@@ -145,7 +154,7 @@ class Validation:
 
 @dataclass(frozen=True)
 class ExportReport:
-    """What :func:`export` wrote.
+    """What :func:`export` wrote (or, with ``written=False``, refused to write).
 
     Attributes:
       path: the .tflite file.
@@ -156,6 +165,15 @@ class ExportReport:
       gzip_bytes: size after ``gzip -9`` (what an app download costs).
       weights: every weight tensor with its sparsity and storage.
       validation: the comparison with Keras (None when not validated).
+      static_batch: the fixed batch size of the signature (recurrent models),
+        None for a dynamic batch.
+      stateful: whether the file keeps state in variable tensors between
+        ``invoke()`` calls (fused LSTM): apps call ``reset_all_variables()``
+        before each sequence.
+      written: whether ``path`` was written (False after a failed validation).
+      c_array: the ``.cc`` file holding the model as a C array (None: not asked).
+      micro: TFLM's run of the model (arena, outputs vs Keras), when checked.
+      micro_note: why TFLM was not run (``tflite-micro`` not installed).
     """
 
     path: Path
@@ -166,6 +184,12 @@ class ExportReport:
     gzip_bytes: int
     weights: tuple[WeightTensor, ...]
     validation: Validation | None
+    static_batch: int | None = None
+    stateful: bool = False
+    written: bool = True
+    c_array: Path | None = None
+    micro: MicroCheck | None = None
+    micro_note: str | None = None
 
     def count(self, storage: Storage) -> int:
         """Number of weight tensors with this storage."""
@@ -176,9 +200,20 @@ class ExportReport:
         header = (
             f"TFLite export {self.path.name}: {mode}, sparse storage "
             f"{'on' if self.sparse else 'off'}"
-            f"{', pruning wrappers stripped' if self.stripped else ''}\n"
+            f"{', pruning wrappers stripped' if self.stripped else ''}"
+            f"{'' if self.written else ' (NOT written)'}\n"
             f"  size {kib(self.size_bytes)} KiB raw, {kib(self.gzip_bytes)} KiB gzipped"
         )
+        if self.static_batch is not None:
+            header += (
+                f"\n  signature batch size fixed to {self.static_batch} (recurrent layers need "
+                "static TensorList shapes)"
+            )
+        if self.stateful:
+            header += (
+                "\n  recurrent state is kept in variable tensors between invoke() calls: call "
+                "reset_all_variables() before each new sequence"
+            )
         rows = [
             (
                 w.name,
@@ -191,15 +226,29 @@ class ExportReport:
         ]
         parts = [header, table(("weight", "shape", "dtype", "sparsity", "storage"), rows)]
         parts.append(f"  {self.validation}" if self.validation else "  not validated")
+        if self.c_array is not None:
+            parts.append(
+                f"  C array for TFLite Micro: {self.c_array} and {self.c_array.with_suffix('.h')}"
+            )
+            parts.append(
+                f"  {self.micro}" if self.micro else f"  not run with TFLM: {self.micro_note}"
+            )
         return "\n".join(parts)
 
 
 class ValidationError(AssertionError):
-    """The .tflite outputs differ from Keras beyond the tolerance; ``.report`` has details."""
+    """The .tflite outputs differ from Keras beyond the tolerance; nothing was written.
 
-    def __init__(self, message: str, report: ExportReport):
+    Attributes:
+      report: the :class:`ExportReport` (``written`` is False).
+      content: the rejected .tflite bytes, to inspect (write them to a file of
+        your own; :func:`export` leaves the target path as it was).
+    """
+
+    def __init__(self, message: str, report: ExportReport, content: bytes = b""):
         super().__init__(message)
         self.report = report
+        self.content = content
 
 
 def export(
@@ -213,9 +262,10 @@ def export(
     sample_inputs: Any = None,
     overwrite: bool = False,
     atol: float | None = None,
+    c_array: str | os.PathLike[str] | None = None,
     verbose: bool = True,
 ) -> ExportReport:
-    """Convert a (pruned) tf_keras model to .tflite, write it, check it, report.
+    """Convert a (pruned) tf_keras model to .tflite, check it, write it, report.
 
     Pruning wrappers (tfstatprune's ``PruneStatistically``, tfmot's
     ``PruneLowMagnitude``) are stripped first with
@@ -229,13 +279,32 @@ def export(
       **int8 input and output** (what integer-only NPUs and microcontrollers
       need). Feed it ``round(x / scale) + zero_point`` with the input tensor's
       quantization parameters; :func:`validate` and
-      :func:`tflite_export.benchmark` do so.
+      :func:`tflite_export.benchmark` do so. Integer inputs (``Embedding``
+      ids) stay integer, in the calibration and validation data too.
 
     ``sparse=True`` adds ``tf.lite.Optimize.EXPERIMENTAL_SPARSITY``: weights at
     least 30 % zero are stored compressed. Only ``FULLY_CONNECTED`` runs them
     sparse (float32 1x4 blocks along the input dimension, int8 1x16); other
     sparse weights are expanded by a ``DENSIFY`` op at load (smaller file, no
     speed-up). The report says which is which.
+
+    Models with recurrent layers (``LSTM``, ``GRU``, ``SimpleRNN``) are
+    converted from a signature of batch size :data:`STATIC_BATCH`: the
+    converter needs static TensorList shapes (with a dynamic batch it fails
+    with "'tf.TensorListReserve' op requires element_shape to be static").
+
+    ``c_array="model_data.cc"`` also writes the model as a C array for
+    TensorFlow Lite for Microcontrollers (the ``.cc`` and a ``.h`` beside it;
+    see :mod:`tflite_export.micro`). Where the ``tflite-micro`` package is
+    installed, the model is first run with TFLM: the report gives the tensor
+    arena it needs and TFLM's outputs are checked against Keras like
+    LiteRT's. Microcontroller builds want ``sparse=False`` (TFLM has no
+    ``DENSIFY`` and no sparse kernel) and usually ``quantize="int8"``.
+
+    The file is written to a temporary file in ``path``'s directory, validated
+    there, and only then moved to ``path``: a failed check leaves ``path`` as
+    it was (absent, or the previous file byte for byte, also with
+    ``overwrite=True``). The C array files follow the same rule.
 
     Args:
       model: a tf_keras model, possibly with pruning wrappers.
@@ -248,9 +317,11 @@ def export(
       validate: compare the .tflite outputs with Keras (see :data:`TOLERANCES`).
       sample_inputs: validation inputs (same forms as ``representative_data``);
         default: ``representative_data``, else :data:`RANDOM_EXAMPLES` uniform
-        random inputs.
+        random inputs (float inputs only).
       overwrite: replace an existing file.
       atol: override the mode's ``Tolerance.max_abs``.
+      c_array: also write the model as a C array to this ``.cc`` file (and
+        its ``.h``), checked with TFLM where ``tflite-micro`` is installed.
       verbose: print the report.
 
     Returns:
@@ -258,21 +329,192 @@ def export(
 
     Raises:
       FileExistsError: when ``path`` exists and ``overwrite`` is False.
+      FileNotFoundError: when ``path``'s directory does not exist.
       ValueError: for an unknown ``quantize``, or ``"int8"`` without data.
-      ExportError: when the converted model reads compressed weights with an
-        op that has no sparse kernel (float16 with 1x4-block sparsity); nothing
-        is written.
-      ValidationError: when validation fails (the file is kept for inspection;
-        the error's ``.report`` has the numbers).
+      ExportError: when the converted model would compute wrong outputs for a
+        reason found in the file: an op without a sparse kernel reads
+        compressed weights (float16 with 1x4-block sparsity), or block storage
+        drops the last inputs of a layer whose input dimension is not a
+        multiple of the block; or TFLM cannot run the model (``c_array``);
+        nothing is written.
+      ValidationError: when validation fails; nothing is written, the message
+        says what differs and what to do, ``.report`` has the numbers and
+        ``.content`` the rejected bytes.
     """
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+    _check_target(path, overwrite)
+    sources = _c_array_paths(c_array, path)
+    for source_path in sources:
+        _check_target(source_path, overwrite)
     model, stripped = strip_if_pruned(model)
+    data = source = None
+    if validate:  # before the conversion: bad inputs fail fast
+        data, source = _validation_inputs(model, sample_inputs, representative_data)
     content = convert(
         model, sparse=sparse, quantize=quantize, representative_data=representative_data
     )
     weights = inspect_weights(content)
+    _refuse_wrong_storage(model, weights, path)
+    temporary = _write_temporary(path, content)
+    try:
+        checked = micro = None
+        if validate:
+            written = read_tflite(temporary)  # what is on disk is what is checked
+            checked = _compare(model, written, str(path), data, source, quantize, atol)
+        passed = checked is None or checked.passed
+        micro_note = None
+        if sources and passed:
+            micro, micro_note = _check_micro(model, content, data, quantize, atol, path)
+            passed = micro is None or micro.passed
+        report = ExportReport(
+            path=path,
+            quantize=quantize,
+            sparse=sparse,
+            stripped=stripped,
+            size_bytes=len(content),
+            gzip_bytes=len(gzip.compress(content, compresslevel=_GZIP_LEVEL)),
+            weights=weights,
+            validation=checked,
+            static_batch=STATIC_BATCH if needs_static_batch(model) else None,
+            stateful=bool(variable_tensors(content)),
+            written=passed,
+            c_array=sources[0] if sources else None,
+            micro=micro,
+            micro_note=micro_note,
+        )
+        if passed:
+            texts = _c_texts(content, sources, micro)
+            temporaries = [
+                _write_temporary(p, t.encode()) for p, t in zip(sources, texts, strict=True)
+            ]
+            try:
+                for temp, target in zip(temporaries, sources, strict=True):
+                    _move_into_place(temp, target, overwrite)
+                _move_into_place(temporary, path, overwrite)
+            finally:
+                for temp in temporaries:
+                    temp.unlink(missing_ok=True)
+    finally:
+        temporary.unlink(missing_ok=True)
+    if verbose:
+        print(report)
+    if checked is not None and checked.xnnpack_error:
+        warnings.warn(
+            f"{path}: XNNPACK cannot prepare this model; it runs on the builtin kernels only",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    before = "left as it was" if path.exists() else "not written"
+    if checked is not None and not checked.passed:
+        hint = _failure_hint(model, content, checked, data, source, quantize, sparse, atol, path)
+        raise ValidationError(
+            f"{path} {before}: the converted model does not match Keras: {checked}. {hint}",
+            report,
+            content,
+        )
+    if micro is not None and not micro.passed:
+        raise ValidationError(
+            f"{path} and its C array {before}: {micro}. LiteRT's outputs do match: TFLM's "
+            f"kernels compute this model differently; do not ship the array (compare the "
+            f"layers' outputs under TFLM to find the op).",
+            report,
+            content,
+        )
+    return report
+
+
+def _c_array_paths(c_array: str | os.PathLike[str] | None, path: Path) -> list[Path]:
+    """``[.cc, .h]`` for ``c_array``, or ``[]``."""
+    if c_array is None:
+        return []
+    source = Path(c_array)
+    if source.suffix not in C_SUFFIXES:
+        raise ValueError(
+            f"c_array must name a C/C++ source file ({', '.join(C_SUFFIXES)}): {source}"
+        )
+    header = source.with_suffix(".h")
+    if path.resolve() in (source.resolve(), header.resolve()):
+        raise ValueError(f"c_array {source} would overwrite the .tflite file {path}")
+    return [source, header]
+
+
+#: File suffixes accepted for ``c_array``.
+C_SUFFIXES = (".cc", ".cpp", ".c")
+
+
+def _check_micro(
+    model: Any,
+    content: bytes,
+    data: np.ndarray | None,
+    quantize: str | None,
+    atol: float | None,
+    path: Path,
+) -> tuple[MicroCheck | None, str | None]:
+    """``(TFLM's check, None)`` or ``(None, why TFLM was not run)``.
+
+    Raises:
+      ExportError: when TFLM cannot run the model (an op it lacks).
+    """
+    try:
+        micro_runtime()
+    except MicroUnavailable as error:
+        return None, str(error)
+    tolerance = TOLERANCES[quantize or _FLOAT].max_abs if atol is None else atol
+    x = data if data is not None else np.zeros((0, *_example_shape(model)), _input_dtype(model))
+    checked = check_micro(content, model, x, tolerance)
+    if checked.error is not None:
+        fix = (
+            " Export with sparse=False: TFLM has no DENSIFY op and no sparse kernel."
+            if "DENSIFY" in checked.error
+            else ""
+        )
+        raise ExportError(f"not writing {path}: {checked}.{fix}")
+    return checked, None
+
+
+def _c_texts(content: bytes, sources: Sequence[Path], micro: MicroCheck | None) -> list[str]:
+    if not sources:
+        return []
+    source, header = sources
+    arena = None if micro is None else micro.arena_bytes
+    return list(c_source(content, c_identifier(source.stem), header.name, arena))
+
+
+def _check_target(path: Path, overwrite: bool) -> None:
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory; give the path of the .tflite file")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"the directory of {path} does not exist")
+
+
+def _write_temporary(path: Path, content: bytes) -> Path:
+    """``content`` in a new hidden file beside ``path`` (same file system: the move is atomic)."""
+    descriptor, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(descriptor, "wb") as file:
+        file.write(content)
+    return Path(name)
+
+
+def _move_into_place(temporary: Path, path: Path, overwrite: bool) -> None:
+    if overwrite:
+        os.replace(temporary, path)
+        return
+    try:  # a hard link fails if path appeared meanwhile: no file is clobbered
+        os.link(temporary, path)
+    except FileExistsError:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it") from None
+    except OSError:  # no hard links on this file system
+        if path.exists():
+            raise FileExistsError(
+                f"{path} already exists; pass overwrite=True to replace it"
+            ) from None
+        os.replace(temporary, path)
+
+
+def _refuse_wrong_storage(model: Any, weights: Sequence[WeightTensor], path: Path) -> None:
+    """Raise :class:`ExportError` for storage that computes wrong outputs (nothing written)."""
     broken = [w for w in weights if w.storage is Storage.UNSUPPORTED]
     if broken:
         readers = ", ".join(sorted({c for w in broken for c in w.consumers}))
@@ -282,45 +524,113 @@ def export(
             f"with quantize='float16' on 1x4-block sparse weights). Export with "
             f"sparse=False, or quantize=None to keep the native sparse kernel."
         )
-    with open(path, "wb" if overwrite else "xb") as file:
-        file.write(content)
-    checked = None
-    if validate:
-        data, source = _validation_inputs(model, sample_inputs, representative_data)
-        checked = _compare(model, content, str(path), data, source, quantize, atol)
-    report = ExportReport(
-        path=path,
-        quantize=quantize,
-        sparse=sparse,
-        stripped=stripped,
-        size_bytes=len(content),
-        gzip_bytes=len(gzip.compress(content, compresslevel=_GZIP_LEVEL)),
-        weights=weights,
-        validation=checked,
-    )
-    if verbose:
-        print(report)
-    if checked is not None and checked.xnnpack_error:
-        warnings.warn(
-            f"{path}: XNNPACK cannot prepare this model; it runs on the builtin kernels only",
-            RuntimeWarning,
-            stacklevel=2,
+    for weight, layers in _dropped_inputs(model, weights):
+        outputs, inputs = weight.shape
+        block = weight.block[-1]
+        kept = inputs - inputs % block
+        fits = (
+            " Or export with quantize=None or 'dynamic': float32 1x4 blocks fit this layer."
+            if weight.dtype == "int8" and inputs % BLOCK_FLOAT == 0
+            else ""
         )
-    if checked is not None and not checked.passed:
-        hint = "Pass atol= to accept a larger difference, or validate=False."
-        if checked.runtime == RUNTIME_XNNPACK:
-            builtin = _compare(
-                model, content, str(path), data, source, quantize, atol, xnnpack=False
+        raise ExportError(
+            f"not writing {path}: the converter stored the kernel of layer(s) {layers} "
+            f"({inputs} inputs, {outputs} outputs) in 1x{block} blocks, which cover only the "
+            f"first {kept} inputs: the weights of inputs {kept}..{inputs - 1} are dropped and "
+            f"the file would compute wrong outputs. TFLite's block-sparse format needs an "
+            f"input dimension that is a multiple of {block}. Export with sparse=False (dense "
+            f"storage), or give the layer a multiple of {block} inputs.{fits}"
+        )
+
+
+#: The block (along the input dimension) of float32 block-sparse storage.
+BLOCK_FLOAT = 4
+
+
+def _dropped_inputs(
+    model: Any, weights: Sequence[WeightTensor]
+) -> list[tuple[WeightTensor, list[str]]]:
+    """Block-stored ``[out, in]`` weights whose partial last block held non-zeros.
+
+    The converter encodes ``floor(in / b)`` blocks per output row and silently
+    drops the rest. Which Keras kernel a weight came from is found by shape
+    (``[in, out]``); a weight no kernel matches counts as dropped.
+    """
+    found = []
+    for weight in weights:
+        if weight.storage is not Storage.NATIVE or weight.block is None:
+            continue
+        if len(weight.shape) != 2 or weight.shape[1] % weight.block[-1] == 0:
+            continue
+        outputs, inputs = weight.shape
+        kept = inputs - inputs % weight.block[-1]
+        layers = [
+            layer.name
+            for layer in model.submodules
+            for kernel in [getattr(layer, "kernel", None)]
+            if kernel is not None and tuple(kernel.shape) == (inputs, outputs)
+        ]
+        tails = [
+            np.any(np.asarray(model.get_layer(name).kernel)[kept:] != 0)
+            for name in layers
+            if _has_layer(model, name)
+        ]
+        if not tails or any(tails):
+            found.append((weight, layers or [weight.name]))
+    return found
+
+
+def _has_layer(model: Any, name: str) -> bool:
+    try:
+        model.get_layer(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _failure_hint(
+    model: Any,
+    content: bytes,
+    checked: Validation,
+    data: np.ndarray,
+    source: str,
+    quantize: str | None,
+    sparse: bool,
+    atol: float | None,
+    path: Path,
+) -> str:
+    """What went wrong and the fix, found by running the variants that could pass."""
+    if checked.runtime == RUNTIME_XNNPACK:
+        builtin = _compare(model, content, str(path), data, source, quantize, atol, xnnpack=False)
+        if builtin.passed:
+            return (
+                f"On the builtin kernels (XNNPACK off) it does match (max |diff| "
+                f"{builtin.max_abs_diff:.2e}): XNNPACK computes this model wrongly (seen "
+                f"for quantize='dynamic' with 1x16-block sparse weights). Run it with "
+                f"XNNPACK off, or export with sparse=False."
             )
-            if builtin.passed:
-                hint = (
-                    f"On the builtin kernels (XNNPACK off) it does match (max |diff| "
-                    f"{builtin.max_abs_diff:.2e}): XNNPACK computes this model wrongly (seen "
-                    f"for quantize='dynamic' with 1x16-block sparse weights). Run it with "
-                    f"XNNPACK off, or export with sparse=False."
-                )
-        raise ValidationError(f"{path} (kept) does not match Keras: {checked}. {hint}", report)
-    return report
+    if sparse:
+        dense = convert(model, sparse=False, quantize=quantize, representative_data=data)
+        without = _compare(model, dense, str(path), data, source, quantize, atol)
+        if without.passed:
+            return (
+                f"With dense storage it does match (max |diff| {without.max_abs_diff:.2e}): "
+                f"the sparse storage the converter chose computes wrong outputs. Export with "
+                f"sparse=False."
+            )
+    if quantize is None:
+        return (
+            "The float32 conversion itself differs from Keras: a layer the converter "
+            "rewrites differently (a custom layer, a training-only branch, a stateful "
+            "layer). Compare the layers' outputs one by one to find it; do not ship this file."
+        )
+    return (
+        f"This is quantization error beyond what quantize={quantize!r} is held to: calibrate "
+        f"on representative_data drawn from the training inputs (at least "
+        f"{REPRESENTATIVE_EXAMPLES} examples), or use a milder mode ('float16', 'dynamic'). "
+        f"Accept a larger difference (atol=) only after measuring the file's accuracy on "
+        f"held-out data (error.content holds the bytes; tflite_export.benchmark(..., data=))."
+    )
 
 
 def strip_if_pruned(model: Any) -> tuple[Any, bool]:
@@ -333,6 +643,24 @@ def strip_if_pruned(model: Any) -> tuple[Any, bool]:
     model = require_tf_keras_model(model)
     wrapped = any(isinstance(m, pruning_wrapper.PruneLowMagnitude) for m in model.submodules)
     return (strip_pruning(model, keras_version=2), True) if wrapped else (model, False)
+
+
+def needs_static_batch(model: Any) -> bool:
+    """Whether ``model`` has a recurrent layer (its TensorList ops need a static batch)."""
+    from tfstatprune._keras import keras
+
+    return any(isinstance(m, keras.layers.RNN) for m in model.submodules)
+
+
+def variable_tensors(content: bytes) -> list[str]:
+    """Names of the variable tensors of a .tflite model (recurrent state kept across calls)."""
+    flat = schema.ModelT.InitFromPackedBuf(bytearray(content), 0)
+    return [
+        t.name.decode() if isinstance(t.name, bytes) else str(t.name)
+        for g in flat.subgraphs or []
+        for t in g.tensors or []
+        if t.isVariable
+    ]
 
 
 def convert(
@@ -350,7 +678,7 @@ def convert(
             "quantize='int8' calibrates activations on representative_data; pass some "
             "training inputs (an array, (x, y), or a tf.data.Dataset)"
         )
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter = _converter(model)
     optimizations = [] if quantize is None else [tf.lite.Optimize.DEFAULT]
     if sparse:
         optimizations.append(tf.lite.Optimize.EXPERIMENTAL_SPARSITY)
@@ -359,17 +687,37 @@ def convert(
         converter.target_spec.supported_types = [tf.float16]
     if quantize == "int8":
         calibration = _data.examples(
-            representative_data, _example_shape(model), REPRESENTATIVE_EXAMPLES
+            representative_data,
+            _example_shape(model),
+            REPRESENTATIVE_EXAMPLES,
+            _input_dtype(model),
         )
         converter.representative_dataset = _representative(calibration)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.int8
+        converter.inference_input_type = tf.int8  # integer (id) inputs stay as they are
         converter.inference_output_type = tf.int8
     with warnings.catch_warnings():
         # int8 I/O: the converter notes that it has no input statistics; the
         # calibration gives them.
         warnings.filterwarnings("ignore", "Statistics for quantized inputs", UserWarning)
         return converter.convert()
+
+
+#: The batch size of the signature of models that need a static one (recurrent layers).
+STATIC_BATCH = 1
+
+
+def _converter(model: Any) -> tf.lite.TFLiteConverter:
+    """A converter for ``model``; a static batch of :data:`STATIC_BATCH` for recurrent models."""
+    if not needs_static_batch(model):
+        return tf.lite.TFLiteConverter.from_keras_model(model)
+    specs = [tf.TensorSpec((STATIC_BATCH, *i.shape[1:]), i.dtype) for i in model.inputs]
+    if len(specs) == 1:
+        function = tf.function(lambda x: model(x, training=False))
+    else:
+        function = tf.function(lambda *x: model(list(x), training=False))
+    concrete = function.get_concrete_function(*specs)
+    return tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
 
 
 def _representative(x: np.ndarray):
@@ -389,15 +737,25 @@ def _example_shape(model: Any) -> tuple[int | None, ...]:
     return tuple(model.inputs[0].shape[1:])
 
 
+def _input_dtype(model: Any) -> np.dtype:
+    return np.dtype(model.inputs[0].dtype.as_numpy_dtype)
+
+
 def _validation_inputs(model: Any, sample_inputs: Any, representative_data: Any):
-    shape = _example_shape(model)
+    shape, dtype = _example_shape(model), _input_dtype(model)
     if sample_inputs is not None:
-        return _data.examples(sample_inputs, shape, VALIDATION_EXAMPLES), "sample_inputs"
+        return _data.examples(sample_inputs, shape, VALIDATION_EXAMPLES, dtype), "sample_inputs"
     if representative_data is not None:
-        x = _data.examples(representative_data, shape, VALIDATION_EXAMPLES)
+        x = _data.examples(representative_data, shape, VALIDATION_EXAMPLES, dtype)
         return x, "representative_data"
     if any(d is None for d in shape):
         raise ValueError(f"{model.name} has an input of unknown shape {shape}; pass sample_inputs")
+    if not np.issubdtype(dtype, np.floating):
+        raise ValueError(
+            f"{model.name} takes {dtype} inputs (ids, e.g. for an Embedding): random floats "
+            "would not be valid inputs; pass sample_inputs (or representative_data) with "
+            "examples of them"
+        )
     rng = np.random.default_rng(_RANDOM_SEED)
     return rng.random((RANDOM_EXAMPLES, *shape), dtype=np.float32), "random uniform [0, 1)"
 
@@ -427,7 +785,7 @@ def validate(
         content, name = bytes(tflite), "model"
     else:
         content, name = read_tflite(tflite), str(tflite)
-    x = _data.examples(inputs, _example_shape(model), VALIDATION_EXAMPLES)
+    x = _data.examples(inputs, _example_shape(model), VALIDATION_EXAMPLES, _input_dtype(model))
     return _compare(model, content, name, x, "inputs", quantize, atol)
 
 

@@ -8,6 +8,11 @@ builtin optimized kernels, without default delegates).
 
 Integer inputs and outputs (full-integer int8 export) are (de)quantized with
 the tensor's own scale and zero point: ``q = round(x / scale) + zero_point``.
+
+Recurrent layers (``UNIDIRECTIONAL_SEQUENCE_LSTM``) keep their state in
+*variable* tensors that persist between ``invoke()`` calls; a Keras model
+without ``stateful=True`` starts every sequence from zero, so :func:`predict`
+resets them (``reset_all_variables()``) before each example, as an app must.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ __all__ = [
     "RUNTIME_NAME",
     "RUNTIME_XNNPACK",
     "dequantize_output",
+    "feed_dtype",
     "load",
     "predict",
     "quantize_input",
@@ -72,8 +78,10 @@ def load(content: bytes, name: str, *, threads: int = 1, xnnpack: bool = True) -
     """An allocated interpreter for ``content``.
 
     When ``xnnpack`` is set but the XNNPACK delegate cannot prepare the model
-    (LiteRT 2.3 fails on ``DENSIFY`` of int8 weights), the model is loaded on
-    the builtin kernels and :attr:`Loaded.xnnpack_error` says why.
+    (LiteRT 2.3 fails on ``DENSIFY`` of int8 weights at allocation, and on
+    int8 sparse ``FULLY_CONNECTED`` of an EfficientNet at the first
+    ``invoke()``: one trial run on zeros finds it), the model is loaded on the
+    builtin kernels and :attr:`Loaded.xnnpack_error` says why.
 
     Raises:
       TFLiteFileError: when LiteRT cannot load the model at all (names ``name``).
@@ -103,7 +111,23 @@ def _allocate(content: bytes, threads: int, xnnpack: bool) -> Any:
         experimental_op_resolver_type=resolver,
     )
     interpreter.allocate_tensors()
+    if xnnpack:  # the delegate prepares some nodes only at the first invoke()
+        for detail in interpreter.get_input_details():
+            zeros = np.zeros(detail["shape"], np.dtype(detail["dtype"]))
+            interpreter.set_tensor(detail["index"], zeros)
+        interpreter.invoke()
+        interpreter.reset_all_variables()
     return interpreter
+
+
+def feed_dtype(detail: dict[str, Any]) -> np.dtype:
+    """The dtype of the values fed to an input: float32, quantized by :func:`quantize_input`
+    for an int8 input; the tensor's own dtype for integer ids (no quantization)."""
+    dtype = np.dtype(detail["dtype"])
+    scale, _ = detail["quantization"]
+    if np.issubdtype(dtype, np.integer) and not scale > 0:
+        return dtype
+    return np.dtype(np.float32)
 
 
 def quantize_input(detail: dict[str, Any], x: np.ndarray) -> np.ndarray:
@@ -139,6 +163,7 @@ def predict(interpreter: Any, x: np.ndarray) -> np.ndarray:
     (output_detail,) = interpreter.get_output_details()
     outputs = []
     for example in x:
+        interpreter.reset_all_variables()  # recurrent state: every sequence starts at 0
         interpreter.set_tensor(input_detail["index"], quantize_input(input_detail, example[None]))
         interpreter.invoke()
         outputs.append(

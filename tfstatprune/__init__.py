@@ -11,7 +11,14 @@ Typical use::
 
 Keras: tfstatprune runs on tf_keras (Keras 2), as tensorflow-model-optimization
 does; Keras 3 models are translated in and out (:mod:`tfstatprune._translate`).
+Run as the ``tfstatprune`` command (only then), it first silences TensorFlow's
+start-up log lines; see :mod:`tfstatprune._startup`.
 """
+
+from tfstatprune import _startup
+
+if _startup.launched_as_command():  # before anything imports TensorFlow
+    _startup.quiet_tensorflow_start()
 
 from tfstatprune import criteria, masking, regularizers, schedules, stats
 from tfstatprune._translate import (

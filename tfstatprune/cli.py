@@ -530,4 +530,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROG, command: str | 
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # Run the imported module's main, not this __main__ copy: tflite_export.cli raises
+    # tfstatprune.cli's error classes, which main() must catch.
+    from tfstatprune.cli import main as package_main
+
+    sys.exit(package_main())

@@ -12,7 +12,10 @@ masks are decided per group and expanded back (:func:`expand`). Pure numpy.
 - ``(1, b)`` blocks, ``b`` in {4, 16}: ``b`` consecutive *inputs* of one output,
   the layout of TFLite's sparse ``FULLY_CONNECTED`` (weights stored
   ``[out, in]``, fp32 1x4 and int8 1x16 blocks). In a Keras ``[in, out]`` kernel
-  that is ``b`` consecutive rows of one column. Dense kernels only.
+  that is ``b`` consecutive rows of one column. Dense kernels only. The
+  groups of a kernel whose input dimension is not a multiple of ``b`` end in a
+  partial block; penalties (:mod:`tfstatprune.regularizers`) accept it, pruning
+  refuses it (:func:`require_whole_blocks`: TFLite drops a partial block).
 
 Example:
     >>> g = group_ids((6, 2), "unit")
@@ -39,6 +42,7 @@ __all__ = [
     "group_ids",
     "groups_follow_bias",
     "reduce_groups",
+    "require_whole_blocks",
 ]
 
 Granularity = str | tuple[int, int]
@@ -114,6 +118,38 @@ def group_ids(shape: Sequence[int], granularity: Granularity, *, bias: bool = Fa
     n_blocks = -(-rows // block)
     ids = (np.arange(rows, dtype=np.int64)[:, None] // block) * cols + np.arange(cols)
     return Grouping(ids, n_blocks * cols)
+
+
+def require_whole_blocks(shape: Sequence[int], granularity: Granularity) -> None:
+    """Refuse a ``(1, b)`` block granularity on a kernel with a partial last block.
+
+    The TFLite converter stores a block-sparse ``FULLY_CONNECTED`` weight
+    ``[out, in]`` as ``floor(in / b)`` blocks per output and drops the last
+    ``in % b`` inputs (measured with TensorFlow 2.21: a 10-input layer in 1x4
+    blocks loses inputs 8 and 9), so a pruned layer with a partial block would
+    export to a wrong model. Other granularities and kernels pass.
+
+    >>> require_whole_blocks((12, 3), (1, 4))
+    >>> require_whole_blocks((10, 3), (1, 4))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: block granularity (1, 4) needs ... got 10 inputs (a partial last block of 2): ...
+
+    Raises:
+      ValueError: naming the input dimension and the fixes.
+    """
+    granularity = check_granularity(granularity)
+    if isinstance(granularity, str) or len(shape) != 2:
+        return
+    rows, block = int(shape[0]), granularity[1]
+    if rows % block:
+        raise ValueError(
+            f"block granularity {granularity} needs an input dimension that is a multiple of "
+            f"{block}, got {rows} inputs (a partial last block of {rows % block}): TFLite's "
+            "block-sparse format drops a partial block, so the exported model would compute "
+            f"wrong outputs. Prune this layer by 'weight' (or by a block size that divides "
+            f"{rows}), leave it out with layers=, or give it a multiple of {block} inputs."
+        )
 
 
 def reduce_groups(

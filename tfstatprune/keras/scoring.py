@@ -28,6 +28,7 @@ from tfstatprune.granularity import (
     group_ids,
     groups_follow_bias,
     reduce_groups,
+    require_whole_blocks,
 )
 from tfstatprune.keras.graph import following_gamma
 from tfstatprune.keras.history import history_statistics
@@ -108,7 +109,9 @@ def mask_units(
         prunable weights).
 
     Raises:
-      ValueError: a granularity that does not fit a layer's kernel.
+      ValueError: a granularity that does not fit a layer's kernel (also
+        blocks that leave a partial last block: see
+        :func:`tfstatprune.granularity.require_whole_blocks`).
     """
     granularity = check_granularity(granularity)
     with_bias = prune_bias or groups_follow_bias(granularity)
@@ -127,6 +130,8 @@ def mask_units(
         try:
             for w in members:
                 is_bias = bias is not None and w is bias
+                if not is_bias:
+                    require_whole_blocks(w.shape, granularity)
                 groupings.append(group_ids(w.shape, granularity, bias=is_bias))
         except ValueError as error:
             raise ValueError(f"layer {layer.name!r}: {error}") from None
