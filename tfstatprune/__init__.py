@@ -41,6 +41,7 @@ from tfstatprune.masking import compute_masks
 from tfstatprune.schedules import IterativeSparsity, OneShotSparsity
 from tfstatprune.shrink import shrink
 from tfstatprune.stats import collect_statistics
+from tfstatprune.stats.keys import weight_keys
 
 __version__ = "0.1.0"
 
@@ -74,4 +75,5 @@ __all__ = [
     "stats",
     "strip_pruning",
     "wald_pvalues",
+    "weight_keys",
 ]

@@ -30,6 +30,7 @@ from tfstatprune.keras.wrapper import SCOPES, PruneStatistically, schedule_objec
 from tfstatprune.masking import check_sparsity
 from tfstatprune.schedules import OneShotSparsity
 from tfstatprune.stats import check_stats_data
+from tfstatprune.stats.keys import weight_keys
 from tfstatprune.stopping import DEFAULT_ALPHA, SparsityChoice, choose_sparsity
 
 DEFAULT_SUBSTEPS = 4
@@ -180,10 +181,13 @@ def scores(
     verbose: int = 1,
     **options: Any,
 ) -> dict[str, np.ndarray]:
-    """Scores of every prunable weight: ``{weight name: array of the weight's shape}``.
+    """Scores of every prunable weight: ``{weight key: array of the weight's shape}``.
 
     Higher = more important. With a structured granularity every entry carries
-    its group's score. Arguments as in :func:`prune_once`.
+    its group's score. Keys are the layer path and the weight's role
+    (``"fc1/kernel:0"``, :func:`tfstatprune.stats.keys.weight_keys`): a freshly
+    built model's ``variable.name``, and the same after saving and loading.
+    Arguments as in :func:`prune_once`.
     """
     model = _require_graph_model(model)
     chosen = choose_layers(model, layers, granularity)
@@ -203,10 +207,10 @@ def scores(
     found = {}
     for unit in units:
         if unit.groupings is None:
-            found[unit.weights[0].name] = result.scores[unit.key]
+            found[unit.names[0]] = result.scores[unit.key]
         else:
-            for w, grouping in zip(unit.weights, unit.groupings, strict=True):
-                found[w.name] = expand(result.scores[unit.key], grouping)
+            for name, grouping in zip(unit.names, unit.groupings, strict=True):
+                found[name] = expand(result.scores[unit.key], grouping)
     return found
 
 
@@ -318,7 +322,7 @@ def _kept_per_column(
     per_class: int,
     per_unit: int,
 ) -> dict[str, int]:
-    """``{kernel name: count}`` of weights each output unit keeps (elementwise masks only).
+    """``{kernel key: count}`` of weights each output unit keeps (elementwise masks only).
 
     The output layers keep ``per_class`` per unit, every other kernel ``per_unit``.
     """
@@ -328,11 +332,11 @@ def _kept_per_column(
     found = {}
     for unit in units:
         kernel = getattr(unit.layer, "kernel", None)
-        if kernel is None or unit.key != kernel.name:
+        if kernel is None or unit.weights[0] is not kernel:
             continue
         count = max(per_unit, per_class if unit.layer.name in outputs else 0)
         if count > 0:
-            found[kernel.name] = count
+            found[unit.key] = count
     return found
 
 
@@ -371,8 +375,8 @@ def _prune_copy(
     protect = _kept_per_column(
         pruned, units, granularity, min_weights_per_class, min_weights_per_unit
     )
-    by_name = {w.name: w for w in pruned.weights}
-    dense = {w.name: w.numpy() for w in pruned.weights}
+    by_name = {k: w for w, k in weight_keys(pruned).items()}
+    dense = {k: w.numpy() for k, w in by_name.items()}
     masks = None
     for step, level in enumerate(levels):
         result = score_units(

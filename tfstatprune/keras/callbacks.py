@@ -25,6 +25,7 @@ from tfstatprune.keras.scoring import (
 )
 from tfstatprune.keras.wrapper import PruneStatistically
 from tfstatprune.schedules import IterativeSparsity, schedule_decision
+from tfstatprune.stats.keys import key_of, weight_keys
 
 __all__ = ["StatisticalPruning", "callbacks"]
 
@@ -170,12 +171,11 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
                     )
                 sparsity: Any = sparsities.pop()
             else:
-                level = {w.layer.name: s for w, s in members}
-                owner = {v.name: w.layer.name for w in wrappers for v, _, _ in w.pruning_vars}
-                sparsity = {u.key: level[owner[u.weights[0].name]] for u in units}
+                level = {id(w.layer): s for w, s in members}
+                sparsity = {u.key: level[id(u.layer)] for u in units}
             previous = {k: v for w in wrappers for k, v in w.current_masks().items()}
             protect = {
-                w.layer.kernel.name: w.keep_per_unit
+                key_of(w.layer, w.layer.kernel): w.keep_per_unit
                 for w in wrappers
                 if w.keep_per_unit > 0 and granularity == "weight" and hasattr(w.layer, "kernel")
             }
@@ -195,7 +195,7 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
                 masks,
                 first.criterion_options,
             )
-            variables = {v.name: v for w in wrappers for v in w.layer.weights}
+            variables = {k: v for w in wrappers for v, k in weight_keys(w.layer).items()}
             for name, value in updates.items():
                 variables[name].assign(np.asarray(value, variables[name].dtype.as_numpy_dtype))
             for wrapper in wrappers:

@@ -28,6 +28,7 @@ from tfstatprune._keras import keras
 from tfstatprune.criteria import get_criterion
 from tfstatprune.granularity import check_granularity, groups_follow_bias
 from tfstatprune.schedules import IterativeSparsity, OneShotSparsity
+from tfstatprune.stats.keys import weight_keys
 
 __all__ = ["PruneStatistically", "SCOPES", "schedule_objects"]
 
@@ -46,6 +47,19 @@ def schedule_objects() -> dict[str, type]:
         "OneShotSparsity": OneShotSparsity,
         "IterativeSparsity": IterativeSparsity,
     }
+
+
+def _schedule_config(schedule: pruning_schedule.PruningSchedule) -> dict[str, Any]:
+    """``{"class_name", "config"}`` of a schedule, as tfmot's wrapper stores it.
+
+    tfmot's schedules and tfstatprune's already return that form from
+    ``get_config``; serializing them once more would nest it, and their
+    ``from_config`` would then get ``class_name`` as an argument.
+    """
+    config = schedule.get_config()
+    if isinstance(config, dict) and {"class_name", "config"} <= set(config):
+        return config
+    return keras.utils.serialize_keras_object(schedule)
 
 
 class _ExternalMasks(pruning_impl.Pruning):
@@ -165,10 +179,11 @@ class PruneStatistically(pruning_wrapper.PruneLowMagnitude):
         return self.layer.call(inputs, **kwargs)
 
     def set_masks(self, masks: Mapping[str, np.ndarray], step: int) -> None:
-        """Write masks (by weight name) and apply them; records ``step`` as done."""
+        """Write masks (by weight key) and apply them; records ``step`` as done."""
+        keys = weight_keys(self)
         for weight, mask, _ in self.pruning_vars:
-            if weight.name in masks:
-                mask.assign(np.asarray(masks[weight.name], mask.dtype.as_numpy_dtype))
+            if keys[weight] in masks:
+                mask.assign(np.asarray(masks[keys[weight]], mask.dtype.as_numpy_dtype))
         self.mask_step.assign(step)
         self.apply_masks()
 
@@ -178,12 +193,20 @@ class PruneStatistically(pruning_wrapper.PruneLowMagnitude):
             weight.assign(weight * tf.cast(mask, weight.dtype))
 
     def current_masks(self) -> dict[str, np.ndarray]:
-        """The masks by weight name (1 keep, 0 pruned)."""
-        return {weight.name: mask.numpy() for weight, mask, _ in self.pruning_vars}
+        """The masks by weight key (1 keep, 0 pruned).
+
+        Keys are :func:`tfstatprune.stats.keys.weight_keys` (``fc1/kernel:0``), stable
+        across saving and loading, unlike ``variable.name``.
+        """
+        keys = weight_keys(self)
+        return {keys[weight]: mask.numpy() for weight, mask, _ in self.pruning_vars}
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config["pruning_schedule"] = keras.utils.serialize_keras_object(self.pruning_schedule)
+        config["pruning_schedule"] = _schedule_config(self.pruning_schedule)
+        config["sparsity_m_by_n"] = (
+            None if self.sparsity_m_by_n is None else list(self.sparsity_m_by_n)
+        )
         if not isinstance(self.criterion, str):
             raise ValueError(
                 "a wrapper with a callable criterion cannot be saved; register it with "
@@ -207,6 +230,12 @@ class PruneStatistically(pruning_wrapper.PruneLowMagnitude):
         schedule = config.pop("pruning_schedule")
         if isinstance(schedule, dict) and "class_name" not in schedule:
             schedule = {"class_name": "ConstantSparsity", "config": schedule}
+        # Files written before the schedule's own {class_name, config} was kept as it
+        # is hold it wrapped once more: unwrap it.
+        while isinstance(schedule.get("config"), dict) and "class_name" in schedule["config"]:
+            schedule = schedule["config"]
+        if config.get("sparsity_m_by_n") is not None:
+            config["sparsity_m_by_n"] = tuple(config["sparsity_m_by_n"])
         config["pruning_schedule"] = keras.utils.deserialize_keras_object(
             schedule, module_objects=schedule_objects(), custom_objects=schedule_objects()
         )

@@ -53,6 +53,7 @@ from tfstatprune.stats.distribute import (
     local_replicas,
     strategy_for,
 )
+from tfstatprune.stats.keys import weight_keys
 from tfstatprune.stats.kronecker import KroneckerFactors
 from tfstatprune.stats.losses import PerExampleLoss, resolve_loss
 from tfstatprune.stats.moments import WeightStatistics
@@ -90,7 +91,9 @@ class CollectedStatistics(NamedTuple):
     """What :func:`collect_statistics` returns.
 
     Attributes:
-      weights: ``{variable name: WeightStatistics}`` in the order asked for.
+      weights: ``{weight key: WeightStatistics}`` in the order asked for, keyed by
+        :func:`tfstatprune.stats.keys.weight_keys` (layer path and role, stable
+        across saving and loading; not ``variable.name``).
       count: the number of examples used (n), over all replicas and workers.
       chunk_size: examples per chunk (on this worker, over its local replicas).
       peak_bytes: estimate of the per-example quantities held for one chunk, in
@@ -799,10 +802,11 @@ def collect_statistics(
     if count == 0:
         raise ValueError("stats_data is empty: pass at least one (x, y) example")
     per_target = 3 if want_curvature else 2
+    key = weight_keys(model)
     result = {}
     for i, t in enumerate(targets):
         sums = totals[i * per_target : (i + 1) * per_target]
-        result[t.variable.name] = WeightStatistics(
+        result[key[t.variable]] = WeightStatistics(
             count,
             sums[0],
             sums[1],
@@ -821,13 +825,13 @@ def collect_statistics(
             bool(getattr(layer, "use_bias", False)),
         )
         kernel = next(t for t in targets if t.layer is layer and t.role == "kernel")
-        name = kernel.variable.name
+        name = key[kernel.variable]
         result[name] = result[name]._replace(kronecker=factors)
     offset += len(plan.kron_layers) * per_layer
     for k, layer in enumerate(plan.act_layers):
         zeros, observations = totals[offset + 2 * k], totals[offset + 2 * k + 1]
         activation = getattr(getattr(layer, "activation", None), "__name__", "linear")
-        name = next(t.variable.name for t in targets if t.layer is layer and t.role == "kernel")
+        name = next(key[t.variable] for t in targets if t.layer is layer and t.role == "kernel")
         result[name] = result[name]._replace(
             activations=ActivationStatistics(
                 count, float(observations), np.asarray(zeros, np.float64), activation
@@ -838,6 +842,6 @@ def collect_statistics(
         count=count,
         chunk_size=batch_size,
         peak_bytes=int(batch_size * per_example * _BYTES_PER_FLOAT),
-        generic=[t.variable.name for t in targets if t.rule is None],
+        generic=[key[t.variable] for t in targets if t.rule is None],
         seconds=time.perf_counter() - started,
     )

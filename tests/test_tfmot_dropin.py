@@ -1,0 +1,196 @@
+"""tfmot's workflows with the statistical wrapper: save, load, resume, custom loops, layers.
+
+Each test is a workflow of tfmot's own sparsity tests (prune, pruning_wrapper,
+pruning_callbacks, prune_integration) with ``prune_low_magnitude`` replaced by
+``prune_statistically`` and ``UpdatePruningStep`` by ``tfstatprune.callbacks``.
+Resumed runs are checked against an uninterrupted run of the same model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow_model_optimization as tfmot
+
+import tfstatprune as tsp
+from tfstatprune._keras import keras
+
+BATCH = 10
+EXAMPLES = 60
+STEPS_PER_EPOCH = EXAMPLES // BATCH
+
+
+def _data(shape=(6,), classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((EXAMPLES, *shape)).astype(np.float32)
+    y = (x.reshape(EXAMPLES, -1)[:, :classes].argmax(1)).astype(np.int64)
+    return x, y
+
+
+def _twin_mlp():
+    """Two pruned hidden layers of one shape: their variables share a name after a reload."""
+    keras.utils.set_random_seed(1)
+    return keras.Sequential(
+        [
+            keras.layers.Dense(8, activation="relu", input_shape=(6,), name="fc1"),
+            keras.layers.Dense(8, activation="relu", name="fc2"),
+            keras.layers.Dense(8, activation="relu", name="fc3"),
+            keras.layers.Dense(3, activation="softmax", name="out"),
+        ]
+    )
+
+
+def _wrappers(model):
+    return [layer for layer in model.layers if isinstance(layer, tsp.PruneStatistically)]
+
+
+def _masks(model):
+    return {w.layer.name: w.pruning_vars[0][1].numpy() for w in _wrappers(model)}
+
+
+def _pruned(criterion="wald", schedule=None):
+    schedule = schedule or tsp.IterativeSparsity([0.3, 0.6], every=8)
+    pruned = tsp.prune_statistically(_twin_mlp(), _data(), criterion, schedule)
+    pruned.compile("adam", "sparse_categorical_crossentropy")
+    return pruned
+
+
+def _fit(model, epochs, initial_epoch=0, extra=(), first=()):
+    x, y = _data()
+    cbs = [*first, *tsp.callbacks((x, y), verbose=0), *extra]
+    model.fit(
+        x,
+        y,
+        epochs=epochs,
+        initial_epoch=initial_epoch,
+        batch_size=BATCH,
+        shuffle=False,
+        callbacks=cbs,
+        verbose=0,
+    )
+    return cbs
+
+
+@pytest.fixture(scope="module")
+def uninterrupted():
+    """The masks and weights of two epochs without a break (pruning at steps 0 and 8)."""
+    model = _pruned()
+    _fit(model, epochs=2)
+    return _masks(model), model.get_weights()
+
+
+# ---------------------------------------------------------------- 1. saving
+
+
+SCHEDULES = {
+    "ConstantSparsity": lambda: tfmot.sparsity.keras.ConstantSparsity(0.5, 0, frequency=4),
+    "PolynomialDecay": lambda: tfmot.sparsity.keras.PolynomialDecay(0.2, 0.6, 0, 8, frequency=4),
+    "IterativeSparsity": lambda: tsp.IterativeSparsity([0.3, 0.6], every=8),
+}
+
+
+@pytest.mark.parametrize("schedule", list(SCHEDULES))
+@pytest.mark.parametrize("fmt", [".keras", ".h5", "savedmodel"])
+def test_save_and_load_with_tfmots_and_tfstatprunes_schedules(tmp_path, schedule, fmt):
+    model = _pruned("magnitude", SCHEDULES[schedule]())
+    _fit(model, epochs=1)
+    path = str(tmp_path / f"p{fmt}") if fmt != "savedmodel" else str(tmp_path / "p")
+    model.save(path)
+    loaded = keras.models.load_model(path)  # no prune_scope: registered on import
+    assert [type(layer).__name__ for layer in loaded.layers] == ["PruneStatistically"] * 4
+    for a, b in zip(_wrappers(model), _wrappers(loaded), strict=True):
+        assert type(b.pruning_schedule) is type(a.pruning_schedule)
+        assert b.pruning_schedule.get_config() == a.pruning_schedule.get_config()
+    for name, mask in _masks(model).items():
+        np.testing.assert_array_equal(_masks(loaded)[name], mask)
+    x, _ = _data()
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+
+
+@pytest.mark.parametrize("schedule", list(SCHEDULES))
+def test_to_json_and_clone_model_keep_the_wrapper_and_its_schedule(schedule):
+    model = _pruned("magnitude", SCHEDULES[schedule]())
+    for copy in (
+        keras.models.model_from_json(model.to_json()),
+        keras.models.model_from_config({"class_name": "Sequential", "config": model.get_config()}),
+        keras.models.clone_model(model),
+    ):
+        assert [type(layer) for layer in copy.layers] == [tsp.PruneStatistically] * 4
+        for a, b in zip(_wrappers(model), _wrappers(copy), strict=True):
+            assert b.pruning_schedule.get_config() == a.pruning_schedule.get_config()
+            assert (b.criterion, b.scope, b.granularity) == (a.criterion, a.scope, a.granularity)
+
+
+def test_a_file_with_the_schedule_wrapped_twice_still_loads():
+    wrapper = tsp.PruneStatistically(
+        keras.layers.Dense(2), tfmot.sparsity.keras.ConstantSparsity(0.5, 0), "magnitude"
+    )
+    config = wrapper.get_config()
+    inner = config["pruning_schedule"]
+    config["pruning_schedule"] = {"class_name": inner["class_name"], "config": inner}
+    rebuilt = tsp.PruneStatistically.from_config(config)
+    assert rebuilt.pruning_schedule.get_config() == inner
+
+
+# ---------------------------------------------------------------- 2. resuming
+
+
+@pytest.mark.parametrize("fmt", [".keras", ".h5"])
+def test_resume_from_a_checkpoint_gives_the_uninterrupted_masks(tmp_path, uninterrupted, fmt):
+    masks, weights = uninterrupted
+    first = _pruned()
+    _fit(first, epochs=1)
+    before = _masks(first)
+    path = str(tmp_path / f"ck{fmt}")
+    first.save(path)
+    resumed = keras.models.load_model(path)
+    _fit(resumed, epochs=2, initial_epoch=1)
+    got = _masks(resumed)
+    for name, mask in masks.items():
+        np.testing.assert_array_equal(got[name], mask, err_msg=name)
+        assert np.all(got[name][before[name] == 0] == 0), f"{name}: a pruned weight came back"
+    assert not np.array_equal(got["fc2"], got["fc3"])
+    for a, b in zip(resumed.get_weights(), weights, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_statistics_and_reports_of_a_reloaded_wrapper_keep_each_layer_apart(tmp_path):
+    model = _pruned()
+    _fit(model, epochs=1)
+    path = str(tmp_path / "ck.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert len({w.name for w in loaded.weights}) < len(loaded.weights)  # the names collide
+    data = _data()
+    kernels = [w.pruning_vars[0][0] for w in _wrappers(model)]
+    want = tsp.collect_statistics(model, data, weights=kernels, verbose=0).weights
+    again = [w.pruning_vars[0][0] for w in _wrappers(loaded)]
+    got = tsp.collect_statistics(loaded, data, weights=again, verbose=0).weights
+    assert list(got) == [f"{n}/kernel:0" for n in ("fc1", "fc2", "fc3", "out")] == list(want)
+    for key, value in want.items():
+        np.testing.assert_allclose(got[key].sumsq, value.sumsq, rtol=1e-5)
+    assert str(tsp.sparsity_report(loaded)) == str(tsp.sparsity_report(model))
+
+
+def test_weight_keys_are_layer_path_and_role():
+    inputs = keras.Input((5,))
+    inner = keras.Sequential([keras.layers.Dense(3, input_shape=(5,), name="d")], name="block")
+    h = inner(inputs)
+    attention = keras.layers.MultiHeadAttention(2, 2, name="mha")
+    seq = keras.layers.Reshape((1, 3))(h)
+    out = attention(seq, seq)
+    model = keras.Model(inputs, out)
+    keys = tsp.weight_keys(model)
+    assert keys[inner.layers[0].kernel] == "d/kernel:0"  # models are left out of the path
+    assert keys[attention._query_dense.kernel] == "mha/query/kernel:0"
+    assert len(set(keys.values())) == len(model.weights)
+    wrapped = tsp.PruneStatistically(keras.layers.Dense(2, name="fc"), tsp.OneShotSparsity(0.5))
+    wrapped.build((None, 4))
+    assert sorted(tsp.weight_keys(wrapped).values()) == [
+        "fc/bias:0",
+        "fc/kernel:0",
+        "prune_statistically_fc/mask:0",
+        "prune_statistically_fc/mask_step:0",
+        "prune_statistically_fc/pruning_step:0",
+        "prune_statistically_fc/threshold:0",
+    ]
