@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
 import tfstatprune as tsp
 from tfstatprune._keras import keras
+from tfstatprune.masking import round_half_up
 
 BATCH = 10
 EXAMPLES = 60
@@ -194,3 +196,88 @@ def test_weight_keys_are_layer_path_and_role():
         "prune_statistically_fc/pruning_step:0",
         "prune_statistically_fc/threshold:0",
     ]
+
+
+# ---------------------------------------------------------------- 3. callbacks
+
+
+class _Interrupt(keras.callbacks.Callback):
+    """Stops training with an error at the start of batch step ``at`` (a crash)."""
+
+    def __init__(self, at):
+        super().__init__()
+        self.at = at
+
+    def on_train_batch_begin(self, batch, logs=None):
+        wrapper = _wrappers(self.model)[0]
+        if int(wrapper.pruning_step.numpy()) + 1 == self.at:
+            raise RuntimeError("interrupted")
+
+
+@pytest.mark.parametrize("backup_first", [False, True], ids=["after", "before"])
+def test_backup_and_restore_in_either_order_resumes_exactly(tmp_path, uninterrupted, backup_first):
+    masks, weights = uninterrupted
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
+    place = {"first": [backup]} if backup_first else {"extra": [backup]}
+    with pytest.raises(RuntimeError, match="interrupted"):
+        _fit(_pruned(), epochs=2, **{**place, "extra": [*place.get("extra", []), _Interrupt(10)]})
+    resumed = _pruned()  # a new process: the same model, rebuilt
+    _fit(resumed, epochs=2, **place)
+    assert int(_wrappers(resumed)[0].pruning_step.numpy()) == 2 * STEPS_PER_EPOCH
+    for name, mask in masks.items():
+        np.testing.assert_array_equal(_masks(resumed)[name], mask, err_msg=name)
+    for a, b in zip(resumed.get_weights(), weights, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_tfmots_custom_training_loop_protocol():
+    """tfmot's guide: set_model, on_train_begin, on_train_batch_begin per step, on_epoch_end."""
+    model = _pruned()
+    x, y = _data()
+    loss = keras.losses.SparseCategoricalCrossentropy()
+    optimizer = keras.optimizers.Adam()
+    (step_callback,) = tsp.callbacks((x, y), verbose=0)
+    step_callback.set_model(model)
+    step_callback.on_train_begin()
+    for _ in range(2):
+        for start in range(0, EXAMPLES, BATCH):
+            step_callback.on_train_batch_begin(batch=-1)
+            with tf.GradientTape() as tape:
+                logits = model(x[start : start + BATCH], training=True)
+                value = loss(y[start : start + BATCH], logits)
+            grads = tape.gradient(value, model.trainable_variables)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+        step_callback.on_epoch_end(batch=-1)
+    assert [h["step"] for h in step_callback.history] == [0, 8]
+    for wrapper in _wrappers(model):
+        weight, mask, _ = wrapper.pruning_vars[0]
+        assert int((mask.numpy() == 0).sum()) == round_half_up(0.6 * mask.shape.num_elements())
+        assert np.all(weight.numpy()[mask.numpy() == 0] == 0)
+
+
+@pytest.mark.parametrize("schedule", ["IterativeSparsity", "ConstantSparsity"])
+def test_tfmots_step_callback_alone_fails_at_the_first_pruning_step(schedule):
+    begin = {"IterativeSparsity": 0, "ConstantSparsity": 3}[schedule]
+    model = _pruned(
+        "magnitude",
+        tsp.IterativeSparsity([0.5], every=8)
+        if schedule == "IterativeSparsity"
+        else tfmot.sparsity.keras.ConstantSparsity(0.5, begin, frequency=100),
+    )
+    x, y = _data()
+    seen = []
+
+    class Steps(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append(int(_wrappers(model)[0].pruning_step.numpy()))
+
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"tfstatprune\.callbacks"):
+        model.fit(
+            x,
+            y,
+            batch_size=BATCH,
+            epochs=1,
+            verbose=0,
+            callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), Steps()],
+        )
+    assert len(seen) == max(begin, 1) - 1  # the batch of the first pruning step failed

@@ -91,10 +91,11 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
         self.verbose = verbose
         self.history: list[dict[str, Any]] = []
         self._wrappers: list[PruneStatistically] = []
-        self._step = 0
+        self._started = False
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         super().on_train_begin(logs)
+        self._started = False
         self._wrappers = [
             layer
             for layer in pruning_wrapper.collect_prunable_layers(self.model)
@@ -105,16 +106,20 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
                 "the model has no tfstatprune pruning wrappers: wrap it with "
                 "tfstatprune.prune_statistically(model, ...) before fit"
             )
-        self._step = int(self._wrappers[0].pruning_step.numpy())
-        self._update(self._step)
 
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
-        # The wrapper increments its step counter at the start of the training
-        # call and evaluates the schedule at the new value.
-        self._update(self._step + 1)
-
-    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        self._step += 1
+        # The step is read from the wrappers, not counted here: callbacks that
+        # restore the model (BackupAndRestore) may run after on_train_begin, and
+        # tfmot's custom-training-loop protocol calls only on_train_begin,
+        # on_train_batch_begin and on_epoch_end. The wrapper increments its
+        # counter at the start of the training call and evaluates the schedule
+        # at the new value; the masks of the step training starts from (step 0
+        # of a new model) are set before the first batch.
+        step = int(self._wrappers[0].pruning_step.numpy())
+        if not self._started:
+            self._started = True
+            self._update(step)
+        self._update(step + 1)
 
     def _update(self, step: int) -> None:
         due = []

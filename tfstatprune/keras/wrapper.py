@@ -67,7 +67,9 @@ class _ExternalMasks(pruning_impl.Pruning):
 
     At a step where the schedule prunes, the masks must have been written for
     that step (``mask_step == step``); otherwise the training step fails with a
-    message naming the missing callback.
+    message naming the missing callback. The graph never sees step 0 (the
+    wrapper counts training batches 1, 2, ...), so the first training step
+    also checks that the masks of a pruning step 0 were written.
     """
 
     def __init__(self, mask_step: tf.Variable, **kwargs: Any) -> None:
@@ -78,7 +80,10 @@ class _ExternalMasks(pruning_impl.Pruning):
         step = self._step_fn()
         should_prune = self._pruning_schedule(step)[0]
         ok = tf.logical_or(tf.logical_not(should_prune), tf.equal(self._mask_step, step))
-        return tf.debugging.Assert(ok, [_NO_MASKS_MESSAGE, step])
+        first = tf.equal(step, 1)
+        start = self._pruning_schedule(tf.constant(0, step.dtype))[0]
+        started = tf.logical_or(tf.logical_not(tf.logical_and(first, start)), self._mask_step >= 0)
+        return tf.debugging.Assert(tf.logical_and(ok, started), [_NO_MASKS_MESSAGE, step])
 
 
 @keras.utils.register_keras_serializable(package="tfstatprune")
