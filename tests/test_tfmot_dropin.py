@@ -281,3 +281,36 @@ def test_tfmots_step_callback_alone_fails_at_the_first_pruning_step(schedule):
             callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), Steps()],
         )
     assert len(seen) == max(begin, 1) - 1  # the batch of the first pruning step failed
+
+
+# ---------------------------------------------------------------- 6. NaN
+
+
+def test_masked_weights_are_exactly_zero_even_when_the_update_made_them_nan():
+    model = _pruned("magnitude", tsp.OneShotSparsity(0.5))
+    x, y = _data()
+
+    class Poison(keras.callbacks.Callback):
+        """What a 0/0 loss gradient does to a weight: NaN, after the optimizer step."""
+
+        def on_train_batch_end(self, batch, logs=None):
+            for wrapper in _wrappers(self.model):
+                weight, mask, _ = wrapper.pruning_vars[0]
+                value = weight.numpy()
+                value[mask.numpy() == 0] = np.nan
+                weight.assign(value)
+
+    history = model.fit(
+        x, y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[*tsp.callbacks(), Poison()]
+    )
+    assert np.all(np.isfinite(history.history["loss"]))  # each step masked the NaN first
+    for wrapper in _wrappers(model):
+        weight, mask, _ = wrapper.pruning_vars[0]
+        assert np.all(weight.numpy()[mask.numpy() == 0] == 0)  # on_epoch_end masked it
+    final = tsp.strip_pruning(model)
+    for wrapper in _wrappers(model):
+        kernel = final.get_layer(wrapper.layer.name).kernel.numpy()
+        mask = wrapper.pruning_vars[0][1].numpy()
+        assert np.all(kernel[mask == 0] == 0)
+        assert int((kernel == 0).sum()) == round_half_up(0.5 * kernel.size)
+    assert np.all(np.isfinite(final.predict(x, verbose=0)))

@@ -85,6 +85,36 @@ class _ExternalMasks(pruning_impl.Pruning):
         started = tf.logical_or(tf.logical_not(tf.logical_and(first, start)), self._mask_step >= 0)
         return tf.debugging.Assert(tf.logical_and(ok, started), [_NO_MASKS_MESSAGE, step])
 
+    def _weight_assign_objs(self) -> list[Any]:
+        """``weights = masked(weights)``; tfmot's ``weights * mask`` keeps a NaN as NaN."""
+        context = tf.distribute.get_replica_context()
+        if not context:
+            return [w.assign(masked(w, m)) for w, m, _ in self._pruning_vars]
+        pairs = [(masked(w, m), w) for w, m, _ in self._pruning_vars]
+        if not pairs:
+            return []
+
+        def update(distribution: tf.distribute.Strategy, pairs: list) -> tf.Operation:
+            # tfmot's reduction: the inner layer's weights are not ours to mirror.
+            values = distribution.extended.batch_reduce_to(tf.distribute.ReduceOp.MEAN, pairs)
+            return tf.group(
+                [
+                    distribution.extended.update(w, lambda v, x: v.assign(x), args=(value,))
+                    for value, (_, w) in zip(values, pairs, strict=True)
+                ]
+            )
+
+        return [context.merge_call(update, args=(pairs,))]
+
+
+def masked(weight: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+    """``weight`` with the entries where ``mask`` is 0 set to exactly 0 (even NaN or inf).
+
+    >>> masked(tf.constant([1.0, float("nan")]), tf.constant([1.0, 0.0])).numpy().tolist()
+    [1.0, 0.0]
+    """
+    return tf.where(tf.cast(mask, tf.bool), weight, tf.zeros_like(weight))
+
 
 @keras.utils.register_keras_serializable(package="tfstatprune")
 class PruneStatistically(pruning_wrapper.PruneLowMagnitude):
@@ -193,9 +223,9 @@ class PruneStatistically(pruning_wrapper.PruneLowMagnitude):
         self.apply_masks()
 
     def apply_masks(self) -> None:
-        """``weights = weights * mask`` now (tfmot's weight mask op)."""
+        """``weights = weights * mask`` now, masked entries exactly 0 (see :func:`masked`)."""
         for weight, mask, _ in self.pruning_vars:
-            weight.assign(weight * tf.cast(mask, weight.dtype))
+            weight.assign(masked(weight, mask))
 
     def current_masks(self) -> dict[str, np.ndarray]:
         """The masks by weight key (1 keep, 0 pruned).
