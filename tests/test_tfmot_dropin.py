@@ -8,6 +8,9 @@ Resumed runs are checked against an uninterrupted run of the same model.
 
 from __future__ import annotations
 
+import os
+import warnings
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -314,3 +317,155 @@ def test_masked_weights_are_exactly_zero_even_when_the_update_made_them_nan():
         assert np.all(kernel[mask == 0] == 0)
         assert int((kernel == 0).sum()) == round_half_up(0.5 * kernel.size)
     assert np.all(np.isfinite(final.predict(x, verbose=0)))
+
+
+# ---------------------------------------------------------------- 4. models and layers
+
+L = keras.layers
+# Every layer type of tfmot's prune registry with weights: (input shape, layer).
+REGISTRY_LAYERS = {
+    "Conv1D": ((5, 2), lambda: L.Conv1D(3, 2)),
+    "Conv2D": ((4, 4, 2), lambda: L.Conv2D(3, 2)),
+    "Conv2DTranspose": ((3, 3, 2), lambda: L.Conv2DTranspose(2, 2)),
+    "Conv3D": ((3, 3, 3, 1), lambda: L.Conv3D(2, 2)),
+    "Conv3DTranspose": ((2, 2, 2, 1), lambda: L.Conv3DTranspose(2, 2)),
+    "SeparableConv1D": ((5, 2), lambda: L.SeparableConv1D(3, 2)),
+    "SeparableConv2D": ((4, 4, 2), lambda: L.SeparableConv2D(3, 2)),
+    "Dense": ((5,), lambda: L.Dense(4)),
+    "Embedding": ((4,), lambda: L.Embedding(7, 2)),
+    "LocallyConnected1D": ((5, 2), lambda: L.LocallyConnected1D(2, 2)),
+    "LocallyConnected2D": ((3, 3, 2), lambda: L.LocallyConnected2D(2, 2)),
+    "MultiHeadAttention": ((3, 4), lambda: L.MultiHeadAttention(2, 2)),
+    "LSTM": ((3, 2), lambda: L.LSTM(2)),
+    "GRU": ((3, 2), lambda: L.GRU(2)),
+    "SimpleRNN": ((3, 2), lambda: L.SimpleRNN(2)),
+}
+
+
+def _model_with(kind, examples=20):
+    shape, make = REGISTRY_LAYERS[kind]
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input(shape, dtype="int32" if kind == "Embedding" else "float32")
+    layer = make()
+    h = layer(inputs, inputs) if kind == "MultiHeadAttention" else layer(inputs)
+    out = L.Dense(2, activation="softmax", name="out")(L.Flatten()(h))
+    model = keras.Model(inputs, out)
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    if kind == "Embedding":
+        x = rng.integers(0, 7, (examples, *shape))
+    else:
+        x = rng.standard_normal((examples, *shape)).astype(np.float32)
+    return model, layer, x, rng.integers(0, 2, examples)
+
+
+# tfmot prunes the 4 projections of MultiHeadAttention, kernel and recurrent kernel of RNNs
+PRUNED_TENSORS = {"MultiHeadAttention": 4, "LSTM": 2, "GRU": 2, "SimpleRNN": 2}
+
+
+# The suite runs the layers new to model-level pruning and one convolution; the whole
+# registry x both criteria (30 fits, ~1-3 min) with TFSTATPRUNE_SLOW_TESTS=1.
+QUICK = {("MultiHeadAttention", "wald"), ("GRU", "wald"), ("SimpleRNN", "magnitude")}
+QUICK |= {("Conv2D", "wald"), ("Embedding", "magnitude")}
+CASES = [
+    pytest.param(
+        kind,
+        criterion,
+        marks=pytest.mark.skipif(
+            (kind, criterion) not in QUICK and not os.environ.get("TFSTATPRUNE_SLOW_TESTS"),
+            reason="the whole registry: set TFSTATPRUNE_SLOW_TESTS=1",
+        ),
+    )
+    for kind in REGISTRY_LAYERS
+    for criterion in ("magnitude", "wald")
+]
+
+
+@pytest.mark.parametrize(("kind", "criterion"), CASES)
+def test_every_layer_of_tfmots_registry_prunes_at_model_level(kind, criterion):
+    model, layer, x, y = _model_with(kind)
+    pruned = tsp.prune_statistically(
+        model, (x, y), criterion, tsp.OneShotSparsity(0.5), min_weights_per_class=0
+    )
+    pruned.compile("sgd", "sparse_categorical_crossentropy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", tsp.stats.GenericPathWarning)
+        pruned.fit(x, y, batch_size=10, verbose=0, callbacks=tsp.callbacks((x, y), verbose=0))
+    wrapper = pruned.get_layer(f"prune_statistically_{layer.name}")
+    assert len(wrapper.pruning_vars) == PRUNED_TENSORS.get(kind, 1)
+    for weight, mask, _ in wrapper.pruning_vars:
+        size = mask.shape.num_elements()
+        assert int((mask.numpy() == 0).sum()) == round_half_up(0.5 * size), weight.name
+        assert np.all(weight.numpy()[mask.numpy() == 0] == 0)
+
+
+def _fit_and_check(model, x, y, sparsity=0.5):
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(x, y, batch_size=BATCH, verbose=0, callbacks=tsp.callbacks((x, y), verbose=0))
+    wrappers = [w for w in _wrappers(model) if w.pruning_vars]
+    assert wrappers
+    for wrapper in wrappers:
+        mask = wrapper.pruning_vars[0][1].numpy()
+        assert int((mask == 0).sum()) == round_half_up(sparsity * mask.size), wrapper.name
+
+
+def test_a_model_built_later_a_layer_and_a_list_of_layers_are_wrapped_as_tfmot_does():
+    x, y = _data()
+    later = keras.Sequential([L.Dense(8, activation="relu"), L.Dense(3, activation="softmax")])
+    pruned = tsp.prune_statistically(later, None, "magnitude", tsp.OneShotSparsity(0.5))
+    assert (
+        not later.built and [type(layer) for layer in pruned.layers] == [tsp.PruneStatistically] * 2
+    )
+    pruned.build((None, 6))
+    _fit_and_check(pruned, x, y)
+
+    single = tsp.prune_statistically(L.Dense(3), None, "wald", tsp.OneShotSparsity(0.5))
+    assert isinstance(single, tsp.PruneStatistically) and single.criterion == "wald"
+    # every layer wrapped, as tfmot allows: the Flatten wrapper has nothing to prune
+    wrapped = tsp.prune_statistically(
+        [L.Reshape((6, 1), input_shape=(6,)), L.Flatten(), L.Dense(3, activation="softmax")],
+        None,
+        "magnitude",
+        tsp.IterativeSparsity([0.25, 0.5], every=2),
+    )
+    assert [type(layer) for layer in wrapped] == [tsp.PruneStatistically] * 3
+    _fit_and_check(keras.Sequential(wrapped), x, y)
+
+
+def test_layers_tfmot_cannot_prune_and_objects_it_refuses_raise_value_errors():
+    class MyDense(L.Dense):  # tfmot's registry is by exact type
+        pass
+
+    inputs = keras.Input((2, 4, 4, 1))
+    h = L.ConvLSTM2D(2, 2, name="convlstm")(inputs)
+    out = L.Dense(2, name="fc")(MyDense(3, name="mine")(L.Flatten()(h)))
+    model = keras.Model(inputs, out)
+    with pytest.raises(ValueError, match=r"'convlstm' \(ConvLSTM2D\), 'mine' \(MyDense\)"):
+        tsp.prune_statistically(model, None, "magnitude")
+    assert tsp.prune_statistically(model, None, "magnitude", layers=["fc"])  # the way out
+    with pytest.raises(ValueError, match="tf_keras Model"):
+        tsp.prune_statistically("model.keras", None, "magnitude")
+
+    class Subclassed(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = L.Dense(2)
+
+        def call(self, x):
+            return self.dense(x)
+
+    with pytest.raises(ValueError, match="subclassed"):
+        tsp.prune_statistically(Subclassed(), None, "magnitude")
+
+
+def test_recurrent_statistics_match_a_per_example_loop():
+    from reference import per_example_gradients, relative_error
+
+    model, layer, x, y = _model_with("GRU", examples=12)
+    got = tsp.collect_statistics(model, (x, y), verbose=0)
+    grads = per_example_gradients(model, x, y)
+    keys = tsp.weight_keys(model)
+    for weight, g in zip(model.trainable_weights, grads, strict=True):
+        stats = got.weights[keys[weight]]
+        assert relative_error(np.asarray(stats.sum), g.sum(0)) < 1e-4, keys[weight]
+        assert relative_error(np.asarray(stats.sumsq), (g**2).sum(0)) < 1e-4, keys[weight]

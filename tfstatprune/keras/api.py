@@ -18,6 +18,7 @@ from tfstatprune.keras.consistency import (
     zero_rows,
 )
 from tfstatprune.keras.graph import trace_units
+from tfstatprune.keras.layers import is_prunable, iter_layers, unsupported_layers
 from tfstatprune.keras.scoring import (
     MaskUnit,
     decide_masks,
@@ -39,6 +40,7 @@ DEFAULT_AUTO_LEVELS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.
 
 __all__ = [
     "AutoPruneResult",
+    "NotAModelError",
     "copy_model",
     "prune_auto",
     "prune_once",
@@ -49,8 +51,16 @@ __all__ = [
 ]
 
 
+class NotAModelError(TypeError, ValueError):
+    """The object to prune is no tf_keras model (a ``ValueError``, as in tfmot, and a
+    ``TypeError``)."""
+
+
 def _require_graph_model(model: Any) -> keras.Model:
-    model = require_tf_keras_model(model)
+    try:
+        model = require_tf_keras_model(model)
+    except TypeError as error:
+        raise NotAModelError(str(error)) from None
     if not (isinstance(model, keras.Sequential) or model._is_graph_network):
         raise ValueError(
             f"{type(model).__name__} is a subclassed model; tfstatprune (like tfmot) prunes "
@@ -62,7 +72,8 @@ def _require_graph_model(model: Any) -> keras.Model:
 def copy_model(model: keras.Model) -> keras.Model:
     """A deep copy (new layers, same weights); the original is never touched."""
     clone = keras.models.clone_model(model)
-    clone.set_weights(model.get_weights())
+    if model.built:  # (a model built later has no weights yet)
+        clone.set_weights(model.get_weights())
     return clone
 
 
@@ -72,7 +83,7 @@ def _check_scope(scope: str) -> None:
 
 
 def prune_statistically(
-    model: keras.Model,
+    model: keras.Model | keras.layers.Layer | Sequence[keras.layers.Layer],
     stats_data: Any = None,
     criterion: Any = "wald",
     pruning_schedule: Any = None,
@@ -93,7 +104,11 @@ def prune_statistically(
 
     Args:
       model: a tf_keras Sequential or functional model (it is copied; the
-        original and its weights are left as they are).
+        original and its weights are left as they are) -- built, or built
+        later as tfmot allows (``Sequential([Dense(10), ...])``) -- or, as
+        tfmot's ``prune_low_magnitude`` takes them, a layer (returns its
+        wrapper) or a list of layers (returns their wrappers; build the model
+        from them).
       stats_data: ``(x, y)`` arrays or a ``tf.data.Dataset`` of ``(x, y)``
         batches; checked here against the model's input (pass the same data to
         :func:`tfstatprune.callbacks`).
@@ -119,7 +134,12 @@ def prune_statistically(
       **options: criterion options, e.g. ``hessian="ggn"``.
 
     Returns:
-      The wrapped copy, uncompiled.
+      The wrapped copy, uncompiled (or the wrapper(s) of the layer(s)).
+
+    Raises:
+      ValueError: not a model or layer(s); a subclassed model; a layer with
+        weights that tfmot cannot prune (named, as tfmot does); and the
+        errors of the arguments.
 
     Example:
       >>> import numpy as np, tfstatprune as tsp
@@ -130,40 +150,84 @@ def prune_statistically(
       >>> [type(layer).__name__ for layer in p.layers]
       ['PruneStatistically']
     """
-    model = _require_graph_model(model)
     _check_scope(scope)
     crit = resolve_criterion(criterion, options)
     if pruning_schedule is None:
         pruning_schedule = OneShotSparsity(0.5)
-    needs = crit.request(options)
-    if needs is not None and not needs.history and stats_data is not None:
-        check_stats_data(model, stats_data)  # (a history criterion's stats_data: WeightHistory)
-    chosen = choose_layers(model, layers, granularity)
-    mask_units(chosen, granularity, prune_bias=prune_bias)  # fails early on a misfit
-    chosen_names = {layer.name for layer in chosen}
-    guarded = set(model.output_names) if granularity == "weight" else set()
+
+    def wrapper(layer: keras.layers.Layer, guarded: bool = False) -> PruneStatistically:
+        return PruneStatistically(
+            layer,
+            pruning_schedule=pruning_schedule,
+            criterion=criterion,
+            criterion_options=options,
+            scope=scope,
+            prune_bias=prune_bias,
+            granularity=granularity,
+            keep_per_unit=max(
+                min_weights_per_unit if granularity == "weight" else 0,
+                min_weights_per_class if guarded else 0,
+            ),
+        )
+
+    if isinstance(model, (list, tuple)) and all(
+        isinstance(layer, keras.layers.Layer) and not isinstance(layer, keras.Model)
+        for layer in model
+    ):
+        return [wrapper(layer) for layer in model]
+    if isinstance(model, keras.layers.Layer) and not isinstance(model, keras.Model):
+        return wrapper(model)
+    model = _require_graph_model(model)
+    unsupported = [] if layers is not None else unsupported_layers(model)
+    if unsupported:
+        named = ", ".join(f"{layer.name!r} ({type(layer).__name__})" for layer in unsupported)
+        raise ValueError(
+            f"tfmot cannot prune the layer(s) {named}: they are neither built-in layers of "
+            "tfmot's prune registry nor a tfmot PrunableLayer (or a layer with "
+            "get_prunable_weights()). Implement PrunableLayer for them, or pass layers=[...] "
+            "naming the layers to prune"
+        )
+    if model.built:
+        needs = crit.request(options)
+        if needs is not None and not needs.history and stats_data is not None:
+            check_stats_data(model, stats_data)  # (a history criterion's: WeightHistory)
+        chosen = choose_layers(model, layers, granularity)
+        mask_units(chosen, granularity, prune_bias=prune_bias)  # fails early on a misfit
+        chosen_names = {layer.name for layer in chosen}
+        guarded = set(model.output_names) if granularity == "weight" else set()
+    else:  # tfmot wraps models built later by type alone: the wrappers build them
+        chosen_names = _unbuilt_choice(model, layers, granularity)
+        guarded = {model.layers[-1].name} if granularity == "weight" and model.layers else set()
     private = copy_model(model)
 
     def wrap(layer: keras.layers.Layer) -> keras.layers.Layer:
         if isinstance(layer, keras.Model):
             return keras.models.clone_model(layer, clone_function=wrap)
         if layer.name in chosen_names:
-            return PruneStatistically(
-                layer,
-                pruning_schedule=pruning_schedule,
-                criterion=criterion,
-                criterion_options=options,
-                scope=scope,
-                prune_bias=prune_bias,
-                granularity=granularity,
-                keep_per_unit=max(
-                    min_weights_per_unit if granularity == "weight" else 0,
-                    min_weights_per_class if layer.name in guarded else 0,
-                ),
-            )
+            return wrapper(layer, layer.name in guarded)
         return layer
 
     return keras.models.clone_model(private, clone_function=wrap)
+
+
+def _unbuilt_choice(
+    model: keras.Model, layers: Sequence[str] | None, granularity: Granularity
+) -> set[str]:
+    """The names of the layers to prune in a Sequential model that is not built yet."""
+    prunable = [layer.name for layer in iter_layers(model) if is_prunable(layer)]
+    if layers is not None:
+        unknown = sorted(set(layers) - set(prunable))
+        if unknown:
+            raise ValueError(
+                f"layers {unknown} are not prunable layers of {model.name!r}; prunable: "
+                f"{sorted(prunable)}"
+            )
+        return set(layers)
+    if granularity in UNIT_GRANULARITIES and prunable and prunable[-1] == model.layers[-1].name:
+        prunable = prunable[:-1]  # the output layer's units are its outputs (see choose_layers)
+    if not prunable:
+        raise ValueError(f"model {model.name!r} has no prunable layers")
+    return set(prunable)
 
 
 def scores(

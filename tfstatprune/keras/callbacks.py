@@ -129,9 +129,9 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
             decision = schedule_decision(wrapper.pruning_schedule, step)
             if not decision.should_prune:
                 continue
-            if decision.sparsity > 0:
+            if decision.sparsity > 0 and wrapper.pruning_vars:
                 due.append((wrapper, decision.sparsity))
-            else:  # pruning to 0 % changes no mask: just record the step as done
+            else:  # no mask changes (0 %, or no prunable weights): record the step as done
                 wrapper.mask_step.assign(step)
         if due:
             self.update_masks(due, step)
@@ -236,7 +236,7 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
 
 def _sparsity(wrapper: PruneStatistically) -> float:
     masks = list(wrapper.current_masks().values())
-    return 1.0 - sum(float(m.sum()) for m in masks) / sum(m.size for m in masks)
+    return 1.0 - sum(float(m.sum()) for m in masks) / max(sum(m.size for m in masks), 1)
 
 
 def _group_by_criterion(

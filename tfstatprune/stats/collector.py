@@ -478,6 +478,9 @@ def _build_plan(
     rules = {id(t.layer): t.rule for t in targets if t.rule is not None}
     probed = list({id(t.layer): t.layer for t in targets if t.rule is not None}.values())
     generic = [t for t in targets if t.rule is None]
+    # pfor cannot vectorize the TensorList loops of recurrent layers (LSTM, GRU):
+    # their per-example gradients are mapped one example after another.
+    recurrent = any(isinstance(layer, keras.layers.RNN) for layer in model.submodules)
     want_curvature = hessian != "fisher"
     rec = _Recorder()
     shapes = []
@@ -596,7 +599,11 @@ def _build_plan(
                         value = value * args[2]
                 return tape.gradient(value, variables, unconnected_gradients=_ZERO)
 
-            return tf.vectorized_map(one, (x, labels) if scale is None else (x, labels, scale))
+            elems = (x, labels) if scale is None else (x, labels, scale)
+            if recurrent:
+                signature = [tf.TensorSpec(v.shape, v.dtype) for v in variables]
+                return tf.map_fn(one, elems, fn_output_signature=signature)
+            return tf.vectorized_map(one, elems)
 
         def squares(grads: list) -> dict:
             return {i: tf.reduce_sum(tf.square(g), 0) for i, g in enumerate(grads)}
