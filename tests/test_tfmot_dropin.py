@@ -15,6 +15,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
+from tensorflow_model_optimization.python.core.sparsity.keras.pruning_utils import (
+    is_pruned_m_by_n,
+)
 
 import tfstatprune as tsp
 from tfstatprune._keras import keras
@@ -469,3 +472,91 @@ def test_recurrent_statistics_match_a_per_example_loop():
         stats = got.weights[keys[weight]]
         assert relative_error(np.asarray(stats.sum), g.sum(0)) < 1e-4, keys[weight]
         assert relative_error(np.asarray(stats.sumsq), (g**2).sum(0)) < 1e-4, keys[weight]
+
+
+# ---------------------------------------------------------------- 5. N:M sparsity
+
+
+def _reference_m_by_n(scores, m, n):
+    """Per output unit, its inputs in C order, cut into groups of n: keep the n - m best."""
+    keep = np.zeros(scores.shape, bool)
+    for unit in range(scores.shape[-1]):
+        column = scores[..., unit].ravel()
+        kept = np.zeros(column.size, bool)
+        for start in range(0, column.size, n):
+            group = column[start : start + n]
+            best = np.argsort(-group, kind="stable")[: n - m]
+            kept[start + best] = True
+        keep[..., unit] = kept.reshape(scores.shape[:-1])
+    return keep
+
+
+@pytest.mark.parametrize("m_by_n", [(2, 4), (1, 3), (3, 4)])
+@pytest.mark.parametrize("shape", [(8, 3), (5, 2), (3, 3, 2, 4), (2, 5, 3)])
+def test_m_by_n_masks_keep_the_best_of_each_group_in_tfmots_layout(shape, m_by_n):
+    rng = np.random.default_rng(sum(shape))
+    scores = rng.standard_normal(shape)
+    got = tsp.masking.m_by_n_masks({"w": scores}, m_by_n)["w"]
+    np.testing.assert_array_equal(got, _reference_m_by_n(scores, *m_by_n))
+    if len(shape) in (2, 4):  # the ranks tfmot's check reads
+        weights = tf.constant(np.where(got, 1.0 + rng.random(shape), 0.0))
+        assert is_pruned_m_by_n(weights, m_by_n)
+    # pruned stays pruned: a group keeps fewer rather than revive one
+    previous = _reference_m_by_n(-scores, *m_by_n)
+    again = tsp.masking.m_by_n_masks({"w": scores}, m_by_n, previous={"w": previous})["w"]
+    assert not np.any(again & ~previous)
+    with pytest.raises(ValueError, match="0 < m < n"):
+        tsp.masking.m_by_n_masks({"w": scores}, (4, 4))
+    with pytest.raises(ValueError, match="prune_bias=False"):
+        tsp.masking.m_by_n_masks({"b": scores.ravel()}, m_by_n)
+
+
+def _conv_model():
+    keras.utils.set_random_seed(2)
+    model = keras.Sequential(
+        [
+            L.Conv2D(4, 3, activation="relu", input_shape=(5, 5, 4), name="conv"),
+            L.Flatten(),
+            L.Dense(8, activation="relu", name="fc"),
+            L.Dense(3, activation="softmax", name="out"),
+        ]
+    )
+    model.compile("adam", "sparse_categorical_crossentropy")
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((24, 5, 5, 4)).astype(np.float32)
+    return model, x, rng.integers(0, 3, 24)
+
+
+def _assert_two_of_four(kernel):
+    assert is_pruned_m_by_n(tf.constant(kernel), (2, 4))
+    assert int((kernel == 0).sum()) >= kernel.size // 2
+
+
+NM_CRITERIA = ["magnitude", "wald", "obd", "obs", "wald_block", "random", "taylor"]
+NM_CRITERIA += ["sensitivity", "l1_norm"]
+
+
+def test_prune_once_with_m_by_n_gives_tfmots_pattern_for_every_criterion():
+    model, x, y = _conv_model()
+    for criterion in NM_CRITERIA:
+        pruned = tsp.prune_once(model, (x, y), 0.5, criterion, sparsity_m_by_n=(2, 4), verbose=0)
+        for name in ("conv", "fc", "out"):
+            _assert_two_of_four(pruned.get_layer(name).kernel.numpy())
+    with pytest.raises(ValueError, match="sparsity=0.5"):
+        tsp.prune_once(model, (x, y), 0.8, "wald", sparsity_m_by_n=(2, 4), verbose=0)
+
+
+def test_fit_with_m_by_n_keeps_tfmots_pattern():
+    model, x, y = _conv_model()
+    pruned = tsp.prune_statistically(
+        model, (x, y), "wald", tsp.IterativeSparsity([0.5], every=4), sparsity_m_by_n=(2, 4)
+    )
+    pruned.compile("adam", "sparse_categorical_crossentropy")
+    pruned.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=tsp.callbacks((x, y), verbose=0))
+    final = tsp.strip_pruning(pruned)
+    for name in ("conv", "fc", "out"):
+        _assert_two_of_four(final.get_layer(name).kernel.numpy())
+    with pytest.raises(ValueError, match="granularity='weight'"):
+        tsp.prune_statistically(
+            model, None, "magnitude", granularity="unit", sparsity_m_by_n=(2, 4)
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -28,7 +29,7 @@ from tfstatprune.keras.scoring import (
     score_units,
 )
 from tfstatprune.keras.wrapper import SCOPES, PruneStatistically, schedule_objects
-from tfstatprune.masking import check_sparsity
+from tfstatprune.masking import check_m_by_n, check_sparsity
 from tfstatprune.schedules import OneShotSparsity
 from tfstatprune.stats import check_stats_data
 from tfstatprune.stats.keys import weight_keys
@@ -94,6 +95,7 @@ def prune_statistically(
     layers: Sequence[str] | None = None,
     min_weights_per_class: int = DEFAULT_MIN_WEIGHTS_PER_CLASS,
     min_weights_per_unit: int = 0,
+    sparsity_m_by_n: tuple[int, int] | None = None,
     **options: Any,
 ) -> keras.Model:
     """Wrap every prunable layer of a copy of ``model`` for statistical pruning.
@@ -131,6 +133,9 @@ def prune_statistically(
       min_weights_per_class: with ``granularity="weight"``, the output layer
         keeps at least this many weights per output unit (0: off).
       min_weights_per_unit: the same floor for every other pruned layer.
+      sparsity_m_by_n: ``(m, n)``: N:M masks, m zeros in every n consecutive
+        inputs of each output unit (tfmot's layout and meaning; it overrides
+        the schedule's sparsity, at the schedule's pruning steps).
       **options: criterion options, e.g. ``hessian="ggn"``.
 
     Returns:
@@ -168,6 +173,7 @@ def prune_statistically(
                 min_weights_per_unit if granularity == "weight" else 0,
                 min_weights_per_class if guarded else 0,
             ),
+            sparsity_m_by_n=sparsity_m_by_n,
         )
 
     if isinstance(model, (list, tuple)) and all(
@@ -290,6 +296,7 @@ def prune_once(
     layers: Sequence[str] | None = None,
     min_weights_per_class: int = DEFAULT_MIN_WEIGHTS_PER_CLASS,
     min_weights_per_unit: int = 0,
+    sparsity_m_by_n: tuple[int, int] | None = None,
     substeps: int | None = None,
     holdout: Any = None,
     alpha: float = DEFAULT_ALPHA,
@@ -328,6 +335,10 @@ def prune_once(
         kernel keeps at least this many weights per output unit (default 0:
         off): a unit emptied by the criterion cannot be revived by
         retraining with the masks held.
+      sparsity_m_by_n: ``(m, n)``: N:M masks instead, m zeros in every n
+        consecutive inputs of each output unit, the best scores kept (tfmot's
+        layout, :func:`tfstatprune.masking.m_by_n_masks`); ``sparsity`` must
+        then be ``m / n``.
       substeps: prune in this many steps of geometrically shrinking density,
         the statistics recomputed between them (default: 4 for criteria that
         update the surviving weights -- ``wald_block``, ``obs`` -- else 1).
@@ -354,6 +365,7 @@ def prune_once(
         layers=layers,
         min_weights_per_class=min_weights_per_class,
         min_weights_per_unit=min_weights_per_unit,
+        sparsity_m_by_n=sparsity_m_by_n,
         substeps=substeps,
         loss=loss,
         max_examples=max_examples,
@@ -416,6 +428,7 @@ def _prune_copy(
     layers: Sequence[str] | None = None,
     min_weights_per_class: int = DEFAULT_MIN_WEIGHTS_PER_CLASS,
     min_weights_per_unit: int = 0,
+    sparsity_m_by_n: tuple[int, int] | None = None,
     substeps: int | None = None,
     loss: Any = None,
     max_examples: int | None = None,
@@ -427,6 +440,14 @@ def _prune_copy(
     model = _require_graph_model(model)
     _check_scope(scope)
     crit = resolve_criterion(criterion, options)
+    if sparsity_m_by_n is not None:
+        m, n = check_m_by_n(sparsity_m_by_n)
+        if not math.isclose(float(sparsity), m / n):
+            raise ValueError(
+                f"sparsity_m_by_n={sparsity_m_by_n} prunes {m} of every {n} weights; pass "
+                f"sparsity={m / n:g} with it (got {sparsity})"
+            )
+        substeps = 1  # the pattern is reached at once: each group keeps its n - m best
     if substeps is None:
         substeps = DEFAULT_SUBSTEPS if crit.update is not None else 1
     levels = _substep_levels(check_sparsity(sparsity), substeps)
@@ -457,7 +478,13 @@ def _prune_copy(
             verbose=verbose,
         )
         masks = decide_masks(
-            units, result.scores, level, scope=scope, previous=masks, keep_per_column=protect
+            units,
+            result.scores,
+            level,
+            scope=scope,
+            previous=masks,
+            keep_per_column=protect,
+            m_by_n=sparsity_m_by_n,
         )
         if graph is not None:  # pruned units also kill the input rows that read them
             masks, rows = follow_dead_units(graph, [u.layer.name for u in units], masks)

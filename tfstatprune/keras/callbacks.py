@@ -144,7 +144,7 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
             wrapper.apply_masks()
         groups = _group_by_criterion(due)
         examples = 0
-        for (_, _, scope, granularity), members in groups.items():
+        for (_, _, scope, granularity, _), members in groups.items():
             wrappers = [w for w, _ in members]
             units = mask_units(
                 [w.layer for w in wrappers],
@@ -191,6 +191,7 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
                 scope=scope,
                 previous=previous,
                 keep_per_column=protect,
+                m_by_n=first.sparsity_m_by_n,
             )
             masks = consistent_masks(self.model, self._wrappers, masks)
             updates = restricted_updates(
@@ -250,6 +251,7 @@ def _group_by_criterion(
             repr(sorted(wrapper.criterion_options.items())),
             wrapper.scope,
             wrapper.granularity,
+            wrapper.sparsity_m_by_n,
         )
         groups.setdefault(key, []).append((wrapper, sparsity))
     return groups

@@ -32,7 +32,7 @@ from tfstatprune.granularity import (
 from tfstatprune.keras.graph import following_gamma
 from tfstatprune.keras.history import history_statistics
 from tfstatprune.keras.layers import prunable_weights
-from tfstatprune.masking import compute_masks
+from tfstatprune.masking import compute_masks, m_by_n_masks
 from tfstatprune.stats import CollectedStatistics, collect_statistics
 from tfstatprune.stats.keys import weight_keys
 
@@ -220,8 +220,13 @@ def decide_masks(
     scope: str = "layer",
     previous: Mapping[str, np.ndarray] | None = None,
     keep_per_column: Mapping[str, int] | None = None,
+    m_by_n: tuple[int, int] | None = None,
 ) -> dict[str, np.ndarray]:
     """Masks (by weight key, 1 keep / 0 pruned, float32) from the units' scores.
+
+    With ``m_by_n`` the masks are N:M (:func:`tfstatprune.masking.m_by_n_masks`,
+    elementwise units only): ``sparsity``, ``scope`` and ``keep_per_column`` do
+    not apply, as tfmot's ``sparsity_m_by_n`` overrides its schedule's sparsity.
 
     Ties are broken by ``|theta|`` (a group's L2 norm); ``previous`` masks by
     weight key stay pruned (a group counts as pruned when all its entries are).
@@ -229,6 +234,8 @@ def decide_masks(
     maps elementwise kernel keys to a number of entries per output unit
     (column) that are never pruned: the best-scoring ones.
     """
+    if m_by_n is not None:
+        return _m_by_n_unit_masks(units, scores, m_by_n, previous)
     scores = dict(scores)
     for name, count in (keep_per_column or {}).items():
         if name in scores and count > 0 and np.ndim(scores[name]) == 2:
@@ -260,6 +267,28 @@ def decide_masks(
             for k, grouping in zip(unit.names, unit.groupings, strict=True):
                 masks[k] = expand(keep[unit.key], grouping).astype(np.float32)
     return masks
+
+
+def _m_by_n_unit_masks(
+    units: Sequence[MaskUnit],
+    scores: Mapping[str, np.ndarray],
+    m_by_n: tuple[int, int],
+    previous: Mapping[str, np.ndarray] | None,
+) -> dict[str, np.ndarray]:
+    grouped = [unit.layer.name for unit in units if unit.groupings is not None]
+    if grouped:
+        raise ValueError(
+            f"sparsity_m_by_n prunes single weights; layers {grouped} have a structured "
+            "granularity: use granularity='weight'"
+        )
+    keys = [unit.key for unit in units]
+    keep = m_by_n_masks(
+        {k: scores[k] for k in keys},
+        m_by_n,
+        previous=None if previous is None else {k: previous[k] for k in keys},
+        tiebreak={unit.key: np.abs(unit.weights[0].numpy()) for unit in units},
+    )
+    return {k: v.astype(np.float32) for k, v in keep.items()}
 
 
 def _protect_columns(scores: np.ndarray, count: int) -> np.ndarray:

@@ -27,6 +27,7 @@ from tensorflow_model_optimization.python.core.sparsity.keras import (
 from tfstatprune._keras import keras
 from tfstatprune.criteria import get_criterion
 from tfstatprune.granularity import check_granularity, groups_follow_bias
+from tfstatprune.masking import check_m_by_n
 from tfstatprune.schedules import IterativeSparsity, OneShotSparsity
 from tfstatprune.stats.keys import weight_keys
 
@@ -137,7 +138,11 @@ class PruneStatistically(pruning_wrapper.PruneLowMagnitude):
       keep_per_unit: with elementwise masks, the number of kernel entries per
         output unit that are never pruned (the output layer's guard against a
         class losing all its connections).
-      **kwargs: passed to tfmot's wrapper (``block_size``, ...).
+      **kwargs: passed to tfmot's wrapper (``block_size``, ``sparsity_m_by_n``:
+        ``(m, n)``, m zeros in every n consecutive inputs of each output unit,
+        the best scores kept, at every pruning step of the schedule, whose
+        sparsity it overrides as in tfmot; see
+        :func:`tfstatprune.masking.m_by_n_masks`).
 
     Example:
       >>> from tfstatprune._keras import keras
@@ -174,6 +179,13 @@ class PruneStatistically(pruning_wrapper.PruneLowMagnitude):
         self.granularity = check_granularity(granularity)
         self.prune_bias = bool(prune_bias) or groups_follow_bias(self.granularity)
         self.keep_per_unit = int(keep_per_unit)
+        if self.sparsity_m_by_n is not None:
+            self.sparsity_m_by_n = check_m_by_n(self.sparsity_m_by_n)
+            if self.granularity != "weight" or self.prune_bias:
+                raise ValueError(
+                    "sparsity_m_by_n groups single kernel weights: use granularity='weight' "
+                    "and prune_bias=False"
+                )
 
     def build(self, input_shape: Any) -> None:
         if self.prune_bias:
