@@ -8,6 +8,7 @@ Resumed runs are checked against an uninterrupted run of the same model.
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 
@@ -560,3 +561,68 @@ def test_fit_with_m_by_n_keeps_tfmots_pattern():
         tsp.prune_statistically(
             model, None, "magnitude", granularity="unit", sparsity_m_by_n=(2, 4)
         )
+
+
+# ---------------------------------------------------------------- MirroredStrategy
+
+_MIRRORED = """
+import json, os, sys
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import tfstatprune as tsp
+from tfstatprune._keras import keras
+rng = np.random.default_rng(0)
+x = rng.standard_normal((40, 6)).astype(np.float32)
+y = rng.integers(0, 3, 40)
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with strategy.scope():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.layers.Dense(8, activation="relu", input_shape=(6,)),
+                              keras.layers.Dense(3, activation="softmax")])
+    pruned = tsp.prune_statistically(model, (x, y), "wald",
+                                     tsp.IterativeSparsity([0.25, 0.5], every=4))
+    pruned.compile("adam", "sparse_categorical_crossentropy")
+pruned.fit(x, y, batch_size=10, epochs=2, verbose=0, callbacks=tsp.callbacks((x, y), verbose=0))
+path = os.path.join(sys.argv[1], "mirrored.h5")
+pruned.save(path)
+loaded = keras.models.load_model(path)
+masks = lambda m: [w.pruning_vars[0][1].numpy() for w in m.layers]
+print(json.dumps({
+    "replicas": strategy.num_replicas_in_sync,
+    "pruned": [int((k == 0).sum()) for k in masks(pruned)],
+    "sizes": [int(k.size) for k in masks(pruned)],
+    "same": all(np.array_equal(a, b) for a, b in zip(masks(pruned), masks(loaded))),
+    "zeros": all(np.all(w.pruning_vars[0][0].numpy()[m == 0] == 0)
+                 for w, m in zip(loaded.layers, masks(loaded))),
+}))
+"""
+
+
+@pytest.mark.skipif(
+    not os.environ.get("TFSTATPRUNE_SLOW_TESTS"),
+    reason="a fresh process with two logical CPUs takes 30-90 s; set TFSTATPRUNE_SLOW_TESTS=1",
+)
+def test_mirrored_strategy_fit_then_h5_reload(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    done = subprocess.run(
+        [sys.executable, "-c", _MIRRORED, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=root,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["replicas"] == 2
+    assert got["pruned"] == [round_half_up(0.5 * n) for n in got["sizes"]]
+    assert got["same"] and got["zeros"]
