@@ -98,8 +98,24 @@ SCHEDULES = {
 }
 
 
-@pytest.mark.parametrize("schedule", list(SCHEDULES))
-@pytest.mark.parametrize("fmt", [".keras", ".h5", "savedmodel"])
+# Each format with one schedule in the suite; every pair with TFSTATPRUNE_SLOW_TESTS=1.
+QUICK_SAVES = {(".keras", "PolynomialDecay"), (".h5", "ConstantSparsity")}
+QUICK_SAVES |= {("savedmodel", "IterativeSparsity")}
+SAVES = [
+    pytest.param(
+        fmt,
+        schedule,
+        marks=pytest.mark.skipif(
+            (fmt, schedule) not in QUICK_SAVES and not os.environ.get("TFSTATPRUNE_SLOW_TESTS"),
+            reason="every format x schedule: set TFSTATPRUNE_SLOW_TESTS=1",
+        ),
+    )
+    for fmt in (".keras", ".h5", "savedmodel")
+    for schedule in SCHEDULES
+]
+
+
+@pytest.mark.parametrize(("fmt", "schedule"), SAVES)
 def test_save_and_load_with_tfmots_and_tfstatprunes_schedules(tmp_path, schedule, fmt):
     model = _pruned("magnitude", SCHEDULES[schedule]())
     _fit(model, epochs=1)

@@ -107,19 +107,26 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
                 "tfstatprune.prune_statistically(model, ...) before fit"
             )
 
+    # The step is read from the wrappers, not counted here: callbacks that restore
+    # the model (BackupAndRestore) may run after on_train_begin, and tfmot's
+    # custom-training-loop protocol calls only on_train_begin, on_train_batch_begin
+    # and on_epoch_end. The masks of the step training starts from (step 0 of a new
+    # model) are set at the first epoch's start (for PruningSummaries), or batch's.
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._start()
+
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
-        # The step is read from the wrappers, not counted here: callbacks that
-        # restore the model (BackupAndRestore) may run after on_train_begin, and
-        # tfmot's custom-training-loop protocol calls only on_train_begin,
-        # on_train_batch_begin and on_epoch_end. The wrapper increments its
-        # counter at the start of the training call and evaluates the schedule
-        # at the new value; the masks of the step training starts from (step 0
-        # of a new model) are set before the first batch.
+        # The wrapper increments its step counter at the start of the training
+        # call and evaluates the schedule at the new value.
+        self._update(self._start() + 1)
+
+    def _start(self) -> int:
+        """The wrappers' step; the first time, also its masks."""
         step = int(self._wrappers[0].pruning_step.numpy())
         if not self._started:
             self._started = True
             self._update(step)
-        self._update(step + 1)
+        return step
 
     def _update(self, step: int) -> None:
         due = []
