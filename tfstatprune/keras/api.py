@@ -11,6 +11,7 @@ import tensorflow_model_optimization as tfmot
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 
 from tfstatprune._keras import keras, require_tf_keras_model
+from tfstatprune._translate import returns_users_keras
 from tfstatprune.granularity import Granularity, expand
 from tfstatprune.keras.consistency import (
     UNIT_GRANULARITIES,
@@ -83,6 +84,7 @@ def _check_scope(scope: str) -> None:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
 
 
+@returns_users_keras("wrapped")
 def prune_statistically(
     model: keras.Model | keras.layers.Layer | Sequence[keras.layers.Layer],
     stats_data: Any = None,
@@ -236,6 +238,7 @@ def _unbuilt_choice(
     return set(prunable)
 
 
+@returns_users_keras("names")
 def scores(
     model: keras.Model,
     stats_data: Any = None,
@@ -284,6 +287,7 @@ def scores(
     return found
 
 
+@returns_users_keras()
 def prune_once(
     model: keras.Model,
     stats_data: Any,
@@ -524,6 +528,7 @@ def _correct(model: keras.Model, data: Any) -> np.ndarray:
     return (predictions.reshape(-1) > 0.5) == (y.reshape(-1) > 0.5)
 
 
+@returns_users_keras()
 def prune_auto(
     model: keras.Model,
     stats_data: Any,
@@ -565,6 +570,7 @@ def prune_auto(
     return AutoPruneResult(best, chosen.sparsity, chosen)
 
 
+@returns_users_keras()
 def strip_pruning(model: keras.Model) -> keras.Model:
     """A plain tf_keras model without pruning wrappers, zeros in place.
 

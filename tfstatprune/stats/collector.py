@@ -278,6 +278,18 @@ def _regularizer_curvature(target: _Target) -> np.ndarray | float:
     return 0.0 if hess is None else hess.numpy().astype(np.float64)
 
 
+def _grouped_conv(layer: keras.layers.Layer) -> bool:
+    """True for a convolution with ``groups > 1``.
+
+    pfor's per-example ``Conv2DBackpropFilter`` (a while_loop inside
+    ``vectorized_map``) fails on grouped kernels on some CPUs ("filter_size does not
+    have enough elements"), so the generic path loops over examples with ``map_fn``.
+    """
+    return isinstance(layer, keras.layers.Conv1D | keras.layers.Conv2D | keras.layers.Conv3D) and (
+        getattr(layer, "groups", 1) > 1
+    )
+
+
 def _times(values: tf.Tensor, weights: tf.Tensor | None) -> tf.Tensor:
     """``values * weights``, or ``values`` when there are no weights."""
     return values if weights is None else values * tf.cast(weights, values.dtype)
@@ -588,6 +600,7 @@ def _build_plan(
         x: Any, y: Any, weights: tf.Tensor | None, seed_pair: tf.Tensor
     ) -> tuple[list, list | None]:
         variables = [t.variable for t in generic]
+        vectorizable = not any(_grouped_conv(t.layer) for t in generic)
 
         def per_example_gradients(labels: Any, scale: tf.Tensor | None = None) -> list:
             def one(args: tuple) -> list[tf.Tensor]:
@@ -600,9 +613,13 @@ def _build_plan(
                 return tape.gradient(value, variables, unconnected_gradients=_ZERO)
 
             elems = (x, labels) if scale is None else (x, labels, scale)
-            if recurrent:
+            if recurrent or not vectorizable:
                 signature = [tf.TensorSpec(v.shape, v.dtype) for v in variables]
-                return tf.map_fn(one, elems, fn_output_signature=signature)
+                return tf.map_fn(
+                    lambda args: [tf.convert_to_tensor(g) for g in one(args)],
+                    elems,
+                    fn_output_signature=signature,
+                )
             return tf.vectorized_map(one, elems)
 
         def squares(grads: list) -> dict:
