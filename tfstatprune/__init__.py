@@ -55,6 +55,7 @@ from tfstatprune.masking import compute_masks
 from tfstatprune.schedules import IterativeSparsity, OneShotSparsity
 from tfstatprune.shrink import shrink
 from tfstatprune.stats import collect_statistics
+from tfstatprune.stats.keys import weight_keys
 
 __version__ = "0.1.0"
 
@@ -93,4 +94,5 @@ __all__ = [
     "to_keras3",
     "to_tf_keras",
     "wald_pvalues",
+    "weight_keys",
 ]

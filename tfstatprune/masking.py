@@ -35,8 +35,10 @@ import numpy as np
 
 __all__ = [
     "SCOPES",
+    "check_m_by_n",
     "check_sparsity",
     "compute_masks",
+    "m_by_n_masks",
     "mask_sparsity",
     "round_half_up",
     "target_pruned_count",
@@ -347,6 +349,105 @@ def _global_keep(
     keep = np.ones(n_total, dtype=bool)
     keep[candidates[:n_prune]] = False
     return np.split(keep, np.cumsum(sizes)[:-1])
+
+
+def check_m_by_n(value: object) -> tuple[int, int]:
+    """``(m, n)``, m zeros in every n consecutive weights (tfmot's ``sparsity_m_by_n``).
+
+    Raises:
+      ValueError: not two integers with ``0 < m < n``.
+    """
+    try:
+        m, n = (int(v) for v in value)  # type: ignore[union-attr]
+        valid = tuple(value) == (m, n) and 0 < m < n  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        valid = False
+    if not valid:
+        raise ValueError(
+            f"sparsity_m_by_n must be two integers (m, n) with 0 < m < n, m zeros in every n "
+            f"consecutive weights, e.g. (2, 4); got {value!r}"
+        )
+    return m, n
+
+
+def m_by_n_masks(
+    scores: Mapping[str, np.ndarray],
+    m_by_n: tuple[int, int],
+    *,
+    previous: Mapping[str, np.ndarray] | None = None,
+    tiebreak: Mapping[str, np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
+    """N:M masks: in every group of ``n`` consecutive entries keep the ``n - m`` best.
+
+    The layout is tfmot's (``pruning_utils.weights_rearrange``): a kernel
+    ``[..., C_in, C_out]`` is read as rows ``[C_out, prod(...) * C_in]``, the
+    output unit's weights over its inputs (``C_in`` fastest), cut into groups of
+    ``n`` consecutive entries; a row's last group, when shorter, keeps at most
+    ``n - m``. Within a group the order is that of :func:`compute_masks`:
+    previously pruned entries first (they stay pruned), then lowest score,
+    then lowest ``tiebreak``, then lowest index.
+
+    Args:
+      scores: name -> scores of a tensor of rank >= 2 (higher = keep).
+      m_by_n: ``(m, n)``, see :func:`check_m_by_n`.
+      previous: optional name -> previous 0/1 mask.
+      tiebreak: optional name -> secondary key.
+
+    Returns:
+      name -> boolean mask (True = keep).
+
+    Raises:
+      ValueError: a bad ``m_by_n``, a tensor of rank < 2, NaN, mismatching
+        names or shapes.
+
+    >>> m_by_n_masks({"w": np.array([[4.0, 1.0], [3.0, 2.0], [1.0, 5.0], [2.0, 0.0]])},
+    ...              (2, 4))["w"].astype(int).tolist()  # per column: the 2 best of 4
+    [[1, 0], [1, 1], [0, 1], [0, 0]]
+    """
+    m, n = check_m_by_n(m_by_n)
+    names = list(scores)
+    for other, what in ((previous, "previous"), (tiebreak, "tiebreak")):
+        if other is not None:
+            _check_names(names, other, what)
+    masks = {}
+    for name in names:
+        arr = _as_float_array(name, scores[name], "scores")
+        if arr.ndim < 2:
+            raise ValueError(
+                f"sparsity_m_by_n groups a kernel's inputs; scores[{name!r}] has shape "
+                f"{arr.shape} (a bias?): prune only kernels (prune_bias=False)"
+            )
+        pruned = np.zeros(arr.size, bool)
+        if previous is not None:
+            pruned = _previous_pruned(name, previous[name], arr.shape)
+        ties = np.zeros(arr.shape)
+        if tiebreak is not None:
+            ties = _as_float_array(name, tiebreak[name], "tiebreak")
+            _check_shape(name, ties, arr.shape, "tiebreak")
+        # first to prune first: padding, previously pruned, score, tiebreak, index
+        alive = _m_by_n_groups(~pruned, arr.shape, n, -1.0)
+        order = np.lexsort(
+            (_m_by_n_groups(ties, arr.shape, n), _m_by_n_groups(arr, arr.shape, n), alive),
+            axis=-1,
+        )
+        keep = np.zeros(alive.shape, bool)
+        np.put_along_axis(keep, order[..., m:], True, axis=-1)
+        keep &= alive > 0
+        grid = keep.reshape(keep.shape[0], -1)[:, : arr.size // arr.shape[-1]]
+        moved = grid.reshape(arr.shape[-1], *arr.shape[:-1])
+        masks[name] = np.moveaxis(moved, 0, -1)
+    return masks
+
+
+def _m_by_n_groups(
+    values: np.ndarray, shape: tuple[int, ...], n: int, fill: float = 0.0
+) -> np.ndarray:
+    """``values`` of a ``[..., C_out]`` tensor as ``[C_out, groups, n]`` (tfmot's layout),
+    each row's short last group padded with ``fill``."""
+    grid = np.moveaxis(np.reshape(values, shape), -1, 0).reshape(shape[-1], -1)
+    pad = -grid.shape[1] % n
+    grid = np.pad(grid.astype(np.float64), ((0, 0), (0, pad)), constant_values=fill)
+    return grid.reshape(grid.shape[0], -1, n)
 
 
 def mask_sparsity(masks: Mapping[str, np.ndarray]) -> dict[str, float]:

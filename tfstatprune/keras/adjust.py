@@ -31,6 +31,7 @@ from typing import NamedTuple
 import numpy as np
 
 from tfstatprune._keras import keras
+from tfstatprune.stats.keys import key_of
 
 __all__ = [
     "Adjustments",
@@ -123,7 +124,7 @@ def connections(layer: keras.layers.Layer) -> int:
     if kernel is None:
         return 0
     if masks is not None:
-        mask = masks().get(kernel.name)
+        mask = masks().get(key_of(inner, kernel))
         if mask is not None:
             return int(np.count_nonzero(mask))
     return int(np.count_nonzero(kernel.numpy()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -19,6 +20,7 @@ from tfstatprune.keras.consistency import (
     zero_rows,
 )
 from tfstatprune.keras.graph import trace_units
+from tfstatprune.keras.layers import is_prunable, iter_layers, unsupported_layers
 from tfstatprune.keras.scoring import (
     MaskUnit,
     decide_masks,
@@ -28,9 +30,10 @@ from tfstatprune.keras.scoring import (
     score_units,
 )
 from tfstatprune.keras.wrapper import SCOPES, PruneStatistically, schedule_objects
-from tfstatprune.masking import check_sparsity
+from tfstatprune.masking import check_m_by_n, check_sparsity
 from tfstatprune.schedules import OneShotSparsity
 from tfstatprune.stats import check_stats_data
+from tfstatprune.stats.keys import weight_keys
 from tfstatprune.stopping import DEFAULT_ALPHA, SparsityChoice, choose_sparsity
 
 DEFAULT_SUBSTEPS = 4
@@ -39,6 +42,7 @@ DEFAULT_AUTO_LEVELS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.
 
 __all__ = [
     "AutoPruneResult",
+    "NotAModelError",
     "copy_model",
     "prune_auto",
     "prune_once",
@@ -49,8 +53,16 @@ __all__ = [
 ]
 
 
+class NotAModelError(TypeError, ValueError):
+    """The object to prune is no tf_keras model (a ``ValueError``, as in tfmot, and a
+    ``TypeError``)."""
+
+
 def _require_graph_model(model: Any) -> keras.Model:
-    model = require_tf_keras_model(model)
+    try:
+        model = require_tf_keras_model(model)
+    except TypeError as error:
+        raise NotAModelError(str(error)) from None
     if not (isinstance(model, keras.Sequential) or model._is_graph_network):
         raise ValueError(
             f"{type(model).__name__} is a subclassed model; tfstatprune (like tfmot) prunes "
@@ -62,7 +74,8 @@ def _require_graph_model(model: Any) -> keras.Model:
 def copy_model(model: keras.Model) -> keras.Model:
     """A deep copy (new layers, same weights); the original is never touched."""
     clone = keras.models.clone_model(model)
-    clone.set_weights(model.get_weights())
+    if model.built:  # (a model built later has no weights yet)
+        clone.set_weights(model.get_weights())
     return clone
 
 
@@ -73,7 +86,7 @@ def _check_scope(scope: str) -> None:
 
 @returns_users_keras("wrapped")
 def prune_statistically(
-    model: keras.Model,
+    model: keras.Model | keras.layers.Layer | Sequence[keras.layers.Layer],
     stats_data: Any = None,
     criterion: Any = "wald",
     pruning_schedule: Any = None,
@@ -84,6 +97,7 @@ def prune_statistically(
     layers: Sequence[str] | None = None,
     min_weights_per_class: int = DEFAULT_MIN_WEIGHTS_PER_CLASS,
     min_weights_per_unit: int = 0,
+    sparsity_m_by_n: tuple[int, int] | None = None,
     **options: Any,
 ) -> keras.Model:
     """Wrap every prunable layer of a copy of ``model`` for statistical pruning.
@@ -94,7 +108,11 @@ def prune_statistically(
 
     Args:
       model: a tf_keras Sequential or functional model (it is copied; the
-        original and its weights are left as they are).
+        original and its weights are left as they are) -- built, or built
+        later as tfmot allows (``Sequential([Dense(10), ...])``) -- or, as
+        tfmot's ``prune_low_magnitude`` takes them, a layer (returns its
+        wrapper) or a list of layers (returns their wrappers; build the model
+        from them).
       stats_data: ``(x, y)`` arrays or a ``tf.data.Dataset`` of ``(x, y)``
         batches; checked here against the model's input (pass the same data to
         :func:`tfstatprune.callbacks`).
@@ -117,10 +135,18 @@ def prune_statistically(
       min_weights_per_class: with ``granularity="weight"``, the output layer
         keeps at least this many weights per output unit (0: off).
       min_weights_per_unit: the same floor for every other pruned layer.
+      sparsity_m_by_n: ``(m, n)``: N:M masks, m zeros in every n consecutive
+        inputs of each output unit (tfmot's layout and meaning; it overrides
+        the schedule's sparsity, at the schedule's pruning steps).
       **options: criterion options, e.g. ``hessian="ggn"``.
 
     Returns:
-      The wrapped copy, uncompiled.
+      The wrapped copy, uncompiled (or the wrapper(s) of the layer(s)).
+
+    Raises:
+      ValueError: not a model or layer(s); a subclassed model; a layer with
+        weights that tfmot cannot prune (named, as tfmot does); and the
+        errors of the arguments.
 
     Example:
       >>> import numpy as np, tfstatprune as tsp
@@ -131,40 +157,85 @@ def prune_statistically(
       >>> [type(layer).__name__ for layer in p.layers]
       ['PruneStatistically']
     """
-    model = _require_graph_model(model)
     _check_scope(scope)
     crit = resolve_criterion(criterion, options)
     if pruning_schedule is None:
         pruning_schedule = OneShotSparsity(0.5)
-    needs = crit.request(options)
-    if needs is not None and not needs.history and stats_data is not None:
-        check_stats_data(model, stats_data)  # (a history criterion's stats_data: WeightHistory)
-    chosen = choose_layers(model, layers, granularity)
-    mask_units(chosen, granularity, prune_bias=prune_bias)  # fails early on a misfit
-    chosen_names = {layer.name for layer in chosen}
-    guarded = set(model.output_names) if granularity == "weight" else set()
+
+    def wrapper(layer: keras.layers.Layer, guarded: bool = False) -> PruneStatistically:
+        return PruneStatistically(
+            layer,
+            pruning_schedule=pruning_schedule,
+            criterion=criterion,
+            criterion_options=options,
+            scope=scope,
+            prune_bias=prune_bias,
+            granularity=granularity,
+            keep_per_unit=max(
+                min_weights_per_unit if granularity == "weight" else 0,
+                min_weights_per_class if guarded else 0,
+            ),
+            sparsity_m_by_n=sparsity_m_by_n,
+        )
+
+    if isinstance(model, (list, tuple)) and all(
+        isinstance(layer, keras.layers.Layer) and not isinstance(layer, keras.Model)
+        for layer in model
+    ):
+        return [wrapper(layer) for layer in model]
+    if isinstance(model, keras.layers.Layer) and not isinstance(model, keras.Model):
+        return wrapper(model)
+    model = _require_graph_model(model)
+    unsupported = [] if layers is not None else unsupported_layers(model)
+    if unsupported:
+        named = ", ".join(f"{layer.name!r} ({type(layer).__name__})" for layer in unsupported)
+        raise ValueError(
+            f"tfmot cannot prune the layer(s) {named}: they are neither built-in layers of "
+            "tfmot's prune registry nor a tfmot PrunableLayer (or a layer with "
+            "get_prunable_weights()). Implement PrunableLayer for them, or pass layers=[...] "
+            "naming the layers to prune"
+        )
+    if model.built:
+        needs = crit.request(options)
+        if needs is not None and not needs.history and stats_data is not None:
+            check_stats_data(model, stats_data)  # (a history criterion's: WeightHistory)
+        chosen = choose_layers(model, layers, granularity)
+        mask_units(chosen, granularity, prune_bias=prune_bias)  # fails early on a misfit
+        chosen_names = {layer.name for layer in chosen}
+        guarded = set(model.output_names) if granularity == "weight" else set()
+    else:  # tfmot wraps models built later by type alone: the wrappers build them
+        chosen_names = _unbuilt_choice(model, layers, granularity)
+        guarded = {model.layers[-1].name} if granularity == "weight" and model.layers else set()
     private = copy_model(model)
 
     def wrap(layer: keras.layers.Layer) -> keras.layers.Layer:
         if isinstance(layer, keras.Model):
             return keras.models.clone_model(layer, clone_function=wrap)
         if layer.name in chosen_names:
-            return PruneStatistically(
-                layer,
-                pruning_schedule=pruning_schedule,
-                criterion=criterion,
-                criterion_options=options,
-                scope=scope,
-                prune_bias=prune_bias,
-                granularity=granularity,
-                keep_per_unit=max(
-                    min_weights_per_unit if granularity == "weight" else 0,
-                    min_weights_per_class if layer.name in guarded else 0,
-                ),
-            )
+            return wrapper(layer, layer.name in guarded)
         return layer
 
     return keras.models.clone_model(private, clone_function=wrap)
+
+
+def _unbuilt_choice(
+    model: keras.Model, layers: Sequence[str] | None, granularity: Granularity
+) -> set[str]:
+    """The names of the layers to prune in a Sequential model that is not built yet."""
+    prunable = [layer.name for layer in iter_layers(model) if is_prunable(layer)]
+    if layers is not None:
+        unknown = sorted(set(layers) - set(prunable))
+        if unknown:
+            raise ValueError(
+                f"layers {unknown} are not prunable layers of {model.name!r}; prunable: "
+                f"{sorted(prunable)}"
+            )
+        return set(layers)
+    if granularity in UNIT_GRANULARITIES and prunable and prunable[-1] == model.layers[-1].name:
+        prunable = prunable[:-1]  # the output layer's units are its outputs (see choose_layers)
+    if not prunable:
+        raise ValueError(f"model {model.name!r} has no prunable layers")
+    return set(prunable)
 
 
 @returns_users_keras("names")
@@ -183,10 +254,13 @@ def scores(
     verbose: int = 1,
     **options: Any,
 ) -> dict[str, np.ndarray]:
-    """Scores of every prunable weight: ``{weight name: array of the weight's shape}``.
+    """Scores of every prunable weight: ``{weight key: array of the weight's shape}``.
 
     Higher = more important. With a structured granularity every entry carries
-    its group's score. Arguments as in :func:`prune_once`.
+    its group's score. Keys are the layer path and the weight's role
+    (``"fc1/kernel:0"``, :func:`tfstatprune.stats.keys.weight_keys`): a freshly
+    built model's ``variable.name``, and the same after saving and loading.
+    Arguments as in :func:`prune_once`.
     """
     model = _require_graph_model(model)
     chosen = choose_layers(model, layers, granularity)
@@ -206,10 +280,10 @@ def scores(
     found = {}
     for unit in units:
         if unit.groupings is None:
-            found[unit.weights[0].name] = result.scores[unit.key]
+            found[unit.names[0]] = result.scores[unit.key]
         else:
-            for w, grouping in zip(unit.weights, unit.groupings, strict=True):
-                found[w.name] = expand(result.scores[unit.key], grouping)
+            for name, grouping in zip(unit.names, unit.groupings, strict=True):
+                found[name] = expand(result.scores[unit.key], grouping)
     return found
 
 
@@ -226,6 +300,7 @@ def prune_once(
     layers: Sequence[str] | None = None,
     min_weights_per_class: int = DEFAULT_MIN_WEIGHTS_PER_CLASS,
     min_weights_per_unit: int = 0,
+    sparsity_m_by_n: tuple[int, int] | None = None,
     substeps: int | None = None,
     holdout: Any = None,
     alpha: float = DEFAULT_ALPHA,
@@ -264,6 +339,10 @@ def prune_once(
         kernel keeps at least this many weights per output unit (default 0:
         off): a unit emptied by the criterion cannot be revived by
         retraining with the masks held.
+      sparsity_m_by_n: ``(m, n)``: N:M masks instead, m zeros in every n
+        consecutive inputs of each output unit, the best scores kept (tfmot's
+        layout, :func:`tfstatprune.masking.m_by_n_masks`); ``sparsity`` must
+        then be ``m / n``.
       substeps: prune in this many steps of geometrically shrinking density,
         the statistics recomputed between them (default: 4 for criteria that
         update the surviving weights -- ``wald_block``, ``obs`` -- else 1).
@@ -290,6 +369,7 @@ def prune_once(
         layers=layers,
         min_weights_per_class=min_weights_per_class,
         min_weights_per_unit=min_weights_per_unit,
+        sparsity_m_by_n=sparsity_m_by_n,
         substeps=substeps,
         loss=loss,
         max_examples=max_examples,
@@ -322,7 +402,7 @@ def _kept_per_column(
     per_class: int,
     per_unit: int,
 ) -> dict[str, int]:
-    """``{kernel name: count}`` of weights each output unit keeps (elementwise masks only).
+    """``{kernel key: count}`` of weights each output unit keeps (elementwise masks only).
 
     The output layers keep ``per_class`` per unit, every other kernel ``per_unit``.
     """
@@ -332,11 +412,11 @@ def _kept_per_column(
     found = {}
     for unit in units:
         kernel = getattr(unit.layer, "kernel", None)
-        if kernel is None or unit.key != kernel.name:
+        if kernel is None or unit.weights[0] is not kernel:
             continue
         count = max(per_unit, per_class if unit.layer.name in outputs else 0)
         if count > 0:
-            found[kernel.name] = count
+            found[unit.key] = count
     return found
 
 
@@ -352,6 +432,7 @@ def _prune_copy(
     layers: Sequence[str] | None = None,
     min_weights_per_class: int = DEFAULT_MIN_WEIGHTS_PER_CLASS,
     min_weights_per_unit: int = 0,
+    sparsity_m_by_n: tuple[int, int] | None = None,
     substeps: int | None = None,
     loss: Any = None,
     max_examples: int | None = None,
@@ -363,6 +444,14 @@ def _prune_copy(
     model = _require_graph_model(model)
     _check_scope(scope)
     crit = resolve_criterion(criterion, options)
+    if sparsity_m_by_n is not None:
+        m, n = check_m_by_n(sparsity_m_by_n)
+        if not math.isclose(float(sparsity), m / n):
+            raise ValueError(
+                f"sparsity_m_by_n={sparsity_m_by_n} prunes {m} of every {n} weights; pass "
+                f"sparsity={m / n:g} with it (got {sparsity})"
+            )
+        substeps = 1  # the pattern is reached at once: each group keeps its n - m best
     if substeps is None:
         substeps = DEFAULT_SUBSTEPS if crit.update is not None else 1
     levels = _substep_levels(check_sparsity(sparsity), substeps)
@@ -375,8 +464,8 @@ def _prune_copy(
     protect = _kept_per_column(
         pruned, units, granularity, min_weights_per_class, min_weights_per_unit
     )
-    by_name = {w.name: w for w in pruned.weights}
-    dense = {w.name: w.numpy() for w in pruned.weights}
+    by_name = {k: w for w, k in weight_keys(pruned).items()}
+    dense = {k: w.numpy() for k, w in by_name.items()}
     masks = None
     for step, level in enumerate(levels):
         result = score_units(
@@ -393,7 +482,13 @@ def _prune_copy(
             verbose=verbose,
         )
         masks = decide_masks(
-            units, result.scores, level, scope=scope, previous=masks, keep_per_column=protect
+            units,
+            result.scores,
+            level,
+            scope=scope,
+            previous=masks,
+            keep_per_column=protect,
+            m_by_n=sparsity_m_by_n,
         )
         if graph is not None:  # pruned units also kill the input rows that read them
             masks, rows = follow_dead_units(graph, [u.layer.name for u in units], masks)

@@ -25,6 +25,7 @@ from tfstatprune.keras.scoring import (
 )
 from tfstatprune.keras.wrapper import PruneStatistically
 from tfstatprune.schedules import IterativeSparsity, schedule_decision
+from tfstatprune.stats.keys import key_of, weight_keys
 
 __all__ = ["StatisticalPruning", "callbacks"]
 
@@ -90,10 +91,11 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
         self.verbose = verbose
         self.history: list[dict[str, Any]] = []
         self._wrappers: list[PruneStatistically] = []
-        self._step = 0
+        self._started = False
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         super().on_train_begin(logs)
+        self._started = False
         self._wrappers = [
             layer
             for layer in pruning_wrapper.collect_prunable_layers(self.model)
@@ -104,16 +106,27 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
                 "the model has no tfstatprune pruning wrappers: wrap it with "
                 "tfstatprune.prune_statistically(model, ...) before fit"
             )
-        self._step = int(self._wrappers[0].pruning_step.numpy())
-        self._update(self._step)
+
+    # The step is read from the wrappers, not counted here: callbacks that restore
+    # the model (BackupAndRestore) may run after on_train_begin, and tfmot's
+    # custom-training-loop protocol calls only on_train_begin, on_train_batch_begin
+    # and on_epoch_end. The masks of the step training starts from (step 0 of a new
+    # model) are set at the first epoch's start (for PruningSummaries), or batch's.
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._start()
 
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
         # The wrapper increments its step counter at the start of the training
         # call and evaluates the schedule at the new value.
-        self._update(self._step + 1)
+        self._update(self._start() + 1)
 
-    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        self._step += 1
+    def _start(self) -> int:
+        """The wrappers' step; the first time, also its masks."""
+        step = int(self._wrappers[0].pruning_step.numpy())
+        if not self._started:
+            self._started = True
+            self._update(step)
+        return step
 
     def _update(self, step: int) -> None:
         due = []
@@ -123,9 +136,9 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
             decision = schedule_decision(wrapper.pruning_schedule, step)
             if not decision.should_prune:
                 continue
-            if decision.sparsity > 0:
+            if decision.sparsity > 0 and wrapper.pruning_vars:
                 due.append((wrapper, decision.sparsity))
-            else:  # pruning to 0 % changes no mask: just record the step as done
+            else:  # no mask changes (0 %, or no prunable weights): record the step as done
                 wrapper.mask_step.assign(step)
         if due:
             self.update_masks(due, step)
@@ -138,7 +151,7 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
             wrapper.apply_masks()
         groups = _group_by_criterion(due)
         examples = 0
-        for (_, _, scope, granularity), members in groups.items():
+        for (_, _, scope, granularity, _), members in groups.items():
             wrappers = [w for w, _ in members]
             units = mask_units(
                 [w.layer for w in wrappers],
@@ -170,12 +183,11 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
                     )
                 sparsity: Any = sparsities.pop()
             else:
-                level = {w.layer.name: s for w, s in members}
-                owner = {v.name: w.layer.name for w in wrappers for v, _, _ in w.pruning_vars}
-                sparsity = {u.key: level[owner[u.weights[0].name]] for u in units}
+                level = {id(w.layer): s for w, s in members}
+                sparsity = {u.key: level[id(u.layer)] for u in units}
             previous = {k: v for w in wrappers for k, v in w.current_masks().items()}
             protect = {
-                w.layer.kernel.name: w.keep_per_unit
+                key_of(w.layer, w.layer.kernel): w.keep_per_unit
                 for w in wrappers
                 if w.keep_per_unit > 0 and granularity == "weight" and hasattr(w.layer, "kernel")
             }
@@ -186,6 +198,7 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
                 scope=scope,
                 previous=previous,
                 keep_per_column=protect,
+                m_by_n=first.sparsity_m_by_n,
             )
             masks = consistent_masks(self.model, self._wrappers, masks)
             updates = restricted_updates(
@@ -195,7 +208,7 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
                 masks,
                 first.criterion_options,
             )
-            variables = {v.name: v for w in wrappers for v in w.layer.weights}
+            variables = {k: v for w in wrappers for v, k in weight_keys(w.layer).items()}
             for name, value in updates.items():
                 variables[name].assign(np.asarray(value, variables[name].dtype.as_numpy_dtype))
             for wrapper in wrappers:
@@ -231,7 +244,7 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
 
 def _sparsity(wrapper: PruneStatistically) -> float:
     masks = list(wrapper.current_masks().values())
-    return 1.0 - sum(float(m.sum()) for m in masks) / sum(m.size for m in masks)
+    return 1.0 - sum(float(m.sum()) for m in masks) / max(sum(m.size for m in masks), 1)
 
 
 def _group_by_criterion(
@@ -245,6 +258,7 @@ def _group_by_criterion(
             repr(sorted(wrapper.criterion_options.items())),
             wrapper.scope,
             wrapper.granularity,
+            wrapper.sparsity_m_by_n,
         )
         groups.setdefault(key, []).append((wrapper, sparsity))
     return groups

@@ -43,6 +43,7 @@ from tfstatprune._keras import keras
 from tfstatprune.granularity import Granularity, check_granularity
 from tfstatprune.keras.graph import UnitGraph, output_layers, trace_units
 from tfstatprune.keras.layers import select_layers
+from tfstatprune.stats.keys import key_of
 
 __all__ = [
     "UNIT_GRANULARITIES",
@@ -97,20 +98,20 @@ def dead_units_of(
 ) -> dict[str, np.ndarray]:
     """The pruned units of the producers ``names``: kernel slice and bias both 0.
 
-    ``masks`` maps weight names to masks (or to the weights themselves: 0
+    ``masks`` maps weight keys to masks (or to the weights themselves: 0
     counts as pruned); a producer whose kernel is not in ``masks`` is alive. A
     bias not in ``masks`` is read from the layer.
     """
     found = {}
     for name in names:
         layer = graph.layers.get(name)
-        if name not in graph.producers or layer.kernel.name not in masks:
+        if name not in graph.producers or key_of(layer, layer.kernel) not in masks:
             continue
-        kernel = np.asarray(masks[layer.kernel.name])
+        kernel = np.asarray(masks[key_of(layer, layer.kernel)])
         dead = ~kernel.reshape(-1, kernel.shape[-1]).any(axis=0)
         bias = getattr(layer, "bias", None)
         if bias is not None:
-            dead &= np.asarray(masks.get(bias.name, bias.numpy())).reshape(-1) == 0
+            dead &= np.asarray(masks.get(key_of(layer, bias), bias.numpy())).reshape(-1) == 0
         found[name] = dead
     return found
 
@@ -119,7 +120,7 @@ class Propagation(NamedTuple):
     """What follows from pruned units downstream.
 
     Attributes:
-      masks: the input masks (by weight name) with the dead input rows of the
+      masks: the input masks (by weight key) with the dead input rows of the
         consuming layers whose kernels have masks set to 0.
       rows: ``{layer name: bool array of dead input rows}`` for consuming
         layers whose kernels have no mask (only layers with a dead row).
@@ -137,7 +138,7 @@ def follow_dead_units(
     Args:
       graph: the model's :func:`~tfstatprune.keras.graph.trace_units`.
       producers: names of the layers pruned by units/filters.
-      masks: masks by weight name (1 keep, 0 pruned), of the producers and of
+      masks: masks by weight key (1 keep, 0 pruned), of the producers and of
         any consuming layer that is pruned too.
     """
     dead_rows = graph.dead_rows(dead_units_of(graph, producers, masks))
@@ -145,9 +146,9 @@ def follow_dead_units(
     for name, dead in dead_rows.items():
         if not dead.any():
             continue
-        kernel = graph.layers[name].kernel
-        if kernel.name in new_masks:
-            new_masks[kernel.name] = zero_rows(new_masks[kernel.name], dead)
+        kernel = key_of(graph.layers[name], graph.layers[name].kernel)
+        if kernel in new_masks:
+            new_masks[kernel] = zero_rows(new_masks[kernel], dead)
         else:
             rows[name] = dead
     return Propagation(new_masks, rows)

@@ -35,6 +35,7 @@ from tfstatprune._keras import keras
 from tfstatprune.keras.layers import iter_layers, prunable_weights
 from tfstatprune.stats import CollectedStatistics
 from tfstatprune.stats.history import UpdateStatistics
+from tfstatprune.stats.keys import weight_keys
 
 __all__ = ["QUANTITIES", "WeightHistory", "history_statistics"]
 
@@ -130,24 +131,26 @@ class WeightHistory(keras.callbacks.Callback):
         )
 
     def _watch(self, model: keras.Model) -> None:
-        """Bind the accumulators to ``model``'s weights (by name), keeping what matches."""
+        """Bind the accumulators to ``model``'s weights (by key), keeping what matches."""
         slots = {}
+        keys = weight_keys(model)
         for weight in watched_weights(model):
-            old = self._slots.get(weight.name)
+            key = keys[weight]
+            old = self._slots.get(key)
             if old is not None and old.shape == tuple(weight.shape):
-                slots[weight.name] = old._replace(weight=weight)
+                slots[key] = old._replace(weight=weight)
             else:
                 if old is not None:
                     raise ValueError(
-                        f"WeightHistory recorded {weight.name} with shape {old.shape}, "
+                        f"WeightHistory recorded {key} with shape {old.shape}, "
                         f"this model's has {weight.shape}: use a new WeightHistory or reset()"
                     )
                 if self._slots and self.steps > 0:
                     raise ValueError(
                         f"WeightHistory has recorded {self.steps} steps of another model "
-                        f"(no weight {weight.name}): use a new WeightHistory or reset()"
+                        f"(no weight {key}): use a new WeightHistory or reset()"
                     )
-                slots[weight.name] = self._new_slots(weight)
+                slots[key] = self._new_slots(weight)
         if not slots:
             raise ValueError(
                 f"model {model.name!r} has no prunable weights for WeightHistory to record"
@@ -186,7 +189,7 @@ class WeightHistory(keras.callbacks.Callback):
     # ---------------------------------------------------------------- reading
 
     def statistics(self, names: Sequence[str] | None = None) -> dict[str, UpdateStatistics]:
-        """The records by weight name (all watched weights, or ``names``).
+        """The records by weight key (all watched weights, or ``names``), e.g. ``fc1/kernel:0``.
 
         A quantity that is not recorded reads as NaN.
 
@@ -255,10 +258,8 @@ class WeightHistory(keras.callbacks.Callback):
         return history
 
 
-def history_statistics(
-    criterion: str, history: Any, weights: Sequence[tf.Variable]
-) -> CollectedStatistics:
-    """The records of ``weights`` from ``history``, shaped like collected statistics.
+def history_statistics(criterion: str, history: Any, names: Sequence[str]) -> CollectedStatistics:
+    """The records of the weights keyed ``names`` from ``history``, shaped like statistics.
 
     ``count`` is the number of recorded steps.
 
@@ -273,5 +274,5 @@ def history_statistics(
             f"got {got}: train with callbacks=[history] where history = "
             "tfstatprune.WeightHistory(), and pass the history as stats_data"
         )
-    records = history.statistics([w.name for w in weights])
+    records = history.statistics(list(names))
     return CollectedStatistics(records, history.steps, 0, 0, [], 0.0)

@@ -8,11 +8,73 @@ import tensorflow as tf
 from tensorflow_model_optimization.python.core.sparsity.keras import (
     prunable_layer,
     prune_registry,
+    pruning_wrapper,
 )
 
 from tfstatprune._keras import keras
 
-__all__ = ["prunable_weights", "iter_layers", "select_layers"]
+__all__ = [
+    "is_prunable",
+    "iter_layers",
+    "prunable_weights",
+    "select_layers",
+    "unsupported_layers",
+]
+
+_REGISTRY = prune_registry.PruneRegistry
+
+
+def _registry_names(layer: keras.layers.Layer) -> list[tuple[keras.layers.Layer, str]]:
+    """(owner, attribute path) of each weight tfmot's registry prunes in ``layer``.
+
+    The registry names weights by attribute (``kernel``), by a dotted path
+    (MultiHeadAttention's ``_query_dense.kernel``), or, for LSTM/GRU/SimpleRNN,
+    by the attributes of their cells.
+    """
+    if _REGISTRY._is_rnn_layer(layer):
+        found = []
+        for cell in _REGISTRY._get_rnn_cells(layer):
+            names = _REGISTRY._RNN_CELLS_WEIGHTS_MAP.get(type(cell))
+            if names is None:  # a PrunableLayer cell (supports() checked it)
+                found.extend((w, "") for w in cell.get_prunable_weights())
+            else:
+                found.extend((cell, name) for name in names)
+        return found
+    return [(layer, name) for name in _REGISTRY._weight_names(layer)]
+
+
+def _attribute(owner: object, path: str) -> object:
+    """``owner.a.b`` for ``path`` ``"a.b"`` (``owner`` itself for ``""``)."""
+    for part in filter(None, path.split(".")):
+        owner = getattr(owner, part)
+    return owner
+
+
+def is_prunable(layer: keras.layers.Layer) -> bool:
+    """Whether ``layer`` has weights to prune, by its type alone (works before it is built)."""
+    if isinstance(layer, prunable_layer.PrunableLayer) or hasattr(layer, "get_prunable_weights"):
+        return True
+    return _REGISTRY.supports(layer) and bool(_registry_names(layer))
+
+
+def unsupported_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """Layers with weights that tfmot cannot prune (its ``prune_low_magnitude`` raises).
+
+    Neither in tfmot's registry (by exact type, as tfmot checks: a subclass of
+    Dense is not) nor a ``PrunableLayer`` nor with ``get_prunable_weights``.
+    Layers without weights (Flatten, Lambda, ...) are not listed.
+    """
+    return [
+        layer
+        for layer in iter_layers(model)
+        if layer.weights
+        and not isinstance(layer, (keras.layers.InputLayer, pruning_wrapper.PruneLowMagnitude))
+        and not (
+            isinstance(layer, prunable_layer.PrunableLayer)
+            or hasattr(layer, "get_prunable_weights")
+            or _REGISTRY.supports(layer)
+        )
+    ]
 
 
 def iter_layers(model: keras.Model) -> Iterator[keras.layers.Layer]:
@@ -33,8 +95,8 @@ def prunable_weights(layer: keras.layers.Layer, *, prune_bias: bool = False) -> 
     """
     if isinstance(layer, prunable_layer.PrunableLayer) or hasattr(layer, "get_prunable_weights"):
         found = list(layer.get_prunable_weights())
-    elif prune_registry.PruneRegistry.supports(layer):
-        found = [getattr(layer, name) for name in prune_registry.PruneRegistry._weight_names(layer)]
+    elif _REGISTRY.supports(layer):
+        found = [_attribute(owner, name) for owner, name in _registry_names(layer)]
     else:
         found = []
     bias = getattr(layer, "bias", None)

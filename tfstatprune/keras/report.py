@@ -16,6 +16,7 @@ from tfstatprune._keras import keras, require_tf_keras_model
 from tfstatprune.keras.consistency import dead_units_of
 from tfstatprune.keras.graph import trace_units, unwrap
 from tfstatprune.keras.layers import iter_layers, prunable_weights
+from tfstatprune.stats.keys import weight_keys
 
 __all__ = ["LayerSparsity", "SparsityReport", "sparsity_report"]
 
@@ -85,13 +86,14 @@ class SparsityReport(NamedTuple):
 def _values(layer: keras.layers.Layer) -> tuple[keras.layers.Layer, dict[str, np.ndarray]]:
     """The inner layer and its prunable weights, masked when it is wrapped."""
     inner = unwrap(layer)
-    masks = {w.name: m.numpy() for w, m, _ in getattr(layer, "pruning_vars", [])}
+    keys = weight_keys(inner)
+    masks = {w.ref(): m.numpy() for w, m, _ in getattr(layer, "pruning_vars", [])}
     found = {}
     for weight in prunable_weights(inner, prune_bias=True):
         value = weight.numpy()
-        if weight.name in masks:
-            value = value * masks[weight.name]
-        found[weight.name] = value
+        if weight.ref() in masks:
+            value = value * masks[weight.ref()]
+        found[keys[weight]] = value
     return inner, found
 
 
@@ -126,11 +128,12 @@ def sparsity_report(model: keras.Model) -> SparsityReport:
     rows = []
     for layer in layers:
         kernel = getattr(layer, "kernel", None)
-        found = [values[w.name] for w in prunable_weights(layer, prune_bias=True)]
+        keys = weight_keys(layer)
+        found = [values[keys[w]] for w in prunable_weights(layer, prune_bias=True)]
         zeros = sum(int(np.count_nonzero(v == 0)) for v in found)
         upstream, units, dead_units = 0, 0, 0
-        if kernel is not None and np.ndim(values[kernel.name]) >= 2:
-            k = values[kernel.name]
+        if kernel is not None and np.ndim(values[keys[kernel]]) >= 2:
+            k = values[keys[kernel]]
             units = int(k.shape[-1])
             own_dead = dead.get(layer.name, np.zeros(units, bool))
             dead_units = int(own_dead.sum())

@@ -33,8 +33,9 @@ from tfstatprune.granularity import (
 from tfstatprune.keras.graph import following_gamma
 from tfstatprune.keras.history import history_statistics
 from tfstatprune.keras.layers import prunable_weights
-from tfstatprune.masking import compute_masks
+from tfstatprune.masking import compute_masks, m_by_n_masks
 from tfstatprune.stats import CollectedStatistics, collect_statistics
+from tfstatprune.stats.keys import weight_keys
 
 __all__ = [
     "MaskUnit",
@@ -53,16 +54,20 @@ class MaskUnit(NamedTuple):
     """One entry of the masking problem.
 
     Attributes:
-      key: the weight's name (elementwise) or the layer's name (grouped).
+      key: the weight's key (elementwise) or the layer's name (grouped).
       weights: the member tensors.
       groupings: their group ids, or None when entries are ranked one by one.
       layer: the layer they belong to.
+      names: the member tensors' keys (:func:`tfstatprune.stats.keys.weight_keys`:
+        layer path and role, stable across saving and loading), the keys of
+        statistics, scores and masks.
     """
 
     key: str
     weights: list[tf.Variable]
     groupings: list[Grouping] | None
     layer: keras.layers.Layer
+    names: list[str]
 
 
 class ScoringResult(NamedTuple):
@@ -117,13 +122,17 @@ def mask_units(
     with_bias = prune_bias or groups_follow_bias(granularity)
     units = []
     for layer in layers:
+        keys = weight_keys(layer)
         members = list(
             weights[layer.name]
             if weights is not None
             else prunable_weights(layer, prune_bias=with_bias)
         )
+        names = [keys[w] for w in members]
         if granularity == "weight":
-            units.extend(MaskUnit(w.name, [w], None, layer) for w in members)
+            units.extend(
+                MaskUnit(k, [w], None, layer, [k]) for k, w in zip(names, members, strict=True)
+            )
             continue
         bias = getattr(layer, "bias", None)
         groupings = []
@@ -135,7 +144,7 @@ def mask_units(
                 groupings.append(group_ids(w.shape, granularity, bias=is_bias))
         except ValueError as error:
             raise ValueError(f"layer {layer.name!r}: {error}") from None
-        units.append(MaskUnit(layer.name, members, groupings, layer))
+        units.append(MaskUnit(layer.name, members, groupings, layer, names))
     return units
 
 
@@ -166,7 +175,7 @@ def score_units(
     weights = [w for unit in units for w in unit.weights]
     statistics = None
     if needs is not None and needs.history:  # training history, not gradients
-        statistics = history_statistics(crit.name, stats_data, weights)
+        statistics = history_statistics(crit.name, stats_data, [k for u in units for k in u.names])
     elif needs is not None:
         if stats_data is None:
             raise ValueError(
@@ -200,9 +209,7 @@ def score_units(
         if derive_gamma and unit.groupings is not None:
             unit_options[BN_GAMMA_OPTION] = following_gamma(model, unit.layer, crit.name)
         thetas = [w.numpy() for w in unit.weights]
-        stats = [
-            statistics.weights[w.name] if statistics is not None else None for w in unit.weights
-        ]
+        stats = [statistics.weights[k] if statistics is not None else None for k in unit.names]
         if unit.groupings is None:
             scores[unit.key] = crit(thetas[0], stats[0], **unit_options)
         else:
@@ -218,15 +225,22 @@ def decide_masks(
     scope: str = "layer",
     previous: Mapping[str, np.ndarray] | None = None,
     keep_per_column: Mapping[str, int] | None = None,
+    m_by_n: tuple[int, int] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Masks (by weight name, 1 keep / 0 pruned, float32) from the units' scores.
+    """Masks (by weight key, 1 keep / 0 pruned, float32) from the units' scores.
+
+    With ``m_by_n`` the masks are N:M (:func:`tfstatprune.masking.m_by_n_masks`,
+    elementwise units only): ``sparsity``, ``scope`` and ``keep_per_column`` do
+    not apply, as tfmot's ``sparsity_m_by_n`` overrides its schedule's sparsity.
 
     Ties are broken by ``|theta|`` (a group's L2 norm); ``previous`` masks by
-    weight name stay pruned (a group counts as pruned when all its entries are).
+    weight key stay pruned (a group counts as pruned when all its entries are).
     ``sparsity`` may map unit keys to levels (layer scope). ``keep_per_column``
-    maps elementwise kernel names to a number of entries per output unit
+    maps elementwise kernel keys to a number of entries per output unit
     (column) that are never pruned: the best-scoring ones.
     """
+    if m_by_n is not None:
+        return _m_by_n_unit_masks(units, scores, m_by_n, previous)
     scores = dict(scores)
     for name, count in (keep_per_column or {}).items():
         if name in scores and count > 0 and np.ndim(scores[name]) == 2:
@@ -243,23 +257,43 @@ def decide_masks(
         if unit.groupings is None:
             tiebreak[unit.key] = thetas[0]
             if previous is not None:
-                prev[unit.key] = previous[unit.weights[0].name]
+                prev[unit.key] = previous[unit.names[0]]
         else:
             tiebreak[unit.key] = reduce_groups(thetas, unit.groupings, "l2")
             if previous is not None:
-                kept = reduce_groups(
-                    [previous[w.name] for w in unit.weights], unit.groupings, "sum"
-                )
+                kept = reduce_groups([previous[k] for k in unit.names], unit.groupings, "sum")
                 prev[unit.key] = (kept > 0).astype(np.float32)
     keep = compute_masks(scores, sparsity, scope=scope, previous=prev or None, tiebreak=tiebreak)
     masks = {}
     for unit in units:
         if unit.groupings is None:
-            masks[unit.weights[0].name] = keep[unit.key].astype(np.float32)
+            masks[unit.names[0]] = keep[unit.key].astype(np.float32)
         else:
-            for w, grouping in zip(unit.weights, unit.groupings, strict=True):
-                masks[w.name] = expand(keep[unit.key], grouping).astype(np.float32)
+            for k, grouping in zip(unit.names, unit.groupings, strict=True):
+                masks[k] = expand(keep[unit.key], grouping).astype(np.float32)
     return masks
+
+
+def _m_by_n_unit_masks(
+    units: Sequence[MaskUnit],
+    scores: Mapping[str, np.ndarray],
+    m_by_n: tuple[int, int],
+    previous: Mapping[str, np.ndarray] | None,
+) -> dict[str, np.ndarray]:
+    grouped = [unit.layer.name for unit in units if unit.groupings is not None]
+    if grouped:
+        raise ValueError(
+            f"sparsity_m_by_n prunes single weights; layers {grouped} have a structured "
+            "granularity: use granularity='weight'"
+        )
+    keys = [unit.key for unit in units]
+    keep = m_by_n_masks(
+        {k: scores[k] for k in keys},
+        m_by_n,
+        previous=None if previous is None else {k: previous[k] for k in keys},
+        tiebreak={unit.key: np.abs(unit.weights[0].numpy()) for unit in units},
+    )
+    return {k: v.astype(np.float32) for k, v in keep.items()}
 
 
 def _protect_columns(scores: np.ndarray, count: int) -> np.ndarray:
@@ -279,12 +313,12 @@ def restricted_updates(
     options: Mapping[str, Any] | None = None,
     reference: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
-    """New values (by weight name) of kernels and biases from the criterion's update.
+    """New values (by weight key) of kernels and biases from the criterion's update.
 
     For criteria with an ``update`` (the restricted estimator of ``wald_block``
     and ``obs``) and layers with Kronecker statistics: the survivors of each
     output unit are re-fitted under the new masks, starting from the
-    unrestricted estimate ``reference`` (by weight name; default: the current
+    unrestricted estimate ``reference`` (by weight key; default: the current
     values) -- in sub-steps, the dense weights, so that every step solves the
     restricted problem for all weights pruned so far. Empty otherwise.
     """
@@ -295,21 +329,24 @@ def restricted_updates(
     for unit in units:
         layer = unit.layer
         kernel = getattr(layer, "kernel", None)
-        stats = statistics.weights.get(kernel.name) if kernel is not None else None
-        if stats is None or stats.kronecker is None or kernel.name in found:
+        key = weight_keys(layer)
+        kernel_key = key[kernel] if kernel is not None else None
+        stats = statistics.weights.get(kernel_key) if kernel is not None else None
+        if stats is None or stats.kronecker is None or kernel_key in found:
             continue
         bias = getattr(layer, "bias", None) if stats.kronecker.has_bias else None
-        keep = np.asarray(masks.get(kernel.name, np.ones(kernel.shape)), bool)
+        bias_key = None if bias is None else key[bias]
+        keep = np.asarray(masks.get(kernel_key, np.ones(kernel.shape)), bool)
         keep = keep.reshape(-1, keep.shape[-1])  # a Conv kernel as [K * C_in, C_out]
         if bias is not None:
-            bias_keep = np.asarray(masks.get(bias.name, np.ones(bias.shape)), bool)
+            bias_keep = np.asarray(masks.get(bias_key, np.ones(bias.shape)), bool)
             keep = np.vstack([keep, bias_keep[None, :]])
-        kernel_value = reference.get(kernel.name, kernel.numpy())
-        bias_value = None if bias is None else reference.get(bias.name, bias.numpy())
+        kernel_value = reference.get(kernel_key, kernel.numpy())
+        bias_value = None if bias is None else reference.get(bias_key, bias.numpy())
         new_kernel, new_bias = criterion.update(
             kernel_value, bias_value, stats, keep, **(options or {})
         )
-        found[kernel.name] = new_kernel
+        found[kernel_key] = new_kernel
         if bias is not None:
-            found[bias.name] = new_bias
+            found[bias_key] = new_bias
     return found

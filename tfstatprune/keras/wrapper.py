@@ -27,7 +27,9 @@ from tensorflow_model_optimization.python.core.sparsity.keras import (
 from tfstatprune._keras import keras
 from tfstatprune.criteria import get_criterion
 from tfstatprune.granularity import check_granularity, groups_follow_bias
+from tfstatprune.masking import check_m_by_n
 from tfstatprune.schedules import IterativeSparsity, OneShotSparsity
+from tfstatprune.stats.keys import weight_keys
 
 __all__ = ["PruneStatistically", "SCOPES", "schedule_objects"]
 
@@ -48,12 +50,27 @@ def schedule_objects() -> dict[str, type]:
     }
 
 
+def _schedule_config(schedule: pruning_schedule.PruningSchedule) -> dict[str, Any]:
+    """``{"class_name", "config"}`` of a schedule, as tfmot's wrapper stores it.
+
+    tfmot's schedules and tfstatprune's already return that form from
+    ``get_config``; serializing them once more would nest it, and their
+    ``from_config`` would then get ``class_name`` as an argument.
+    """
+    config = schedule.get_config()
+    if isinstance(config, dict) and {"class_name", "config"} <= set(config):
+        return config
+    return keras.utils.serialize_keras_object(schedule)
+
+
 class _ExternalMasks(pruning_impl.Pruning):
     """tfmot's ``Pruning`` with the in-graph magnitude update replaced by a check.
 
     At a step where the schedule prunes, the masks must have been written for
     that step (``mask_step == step``); otherwise the training step fails with a
-    message naming the missing callback.
+    message naming the missing callback. The graph never sees step 0 (the
+    wrapper counts training batches 1, 2, ...), so the first training step
+    also checks that the masks of a pruning step 0 were written.
     """
 
     def __init__(self, mask_step: tf.Variable, **kwargs: Any) -> None:
@@ -64,7 +81,40 @@ class _ExternalMasks(pruning_impl.Pruning):
         step = self._step_fn()
         should_prune = self._pruning_schedule(step)[0]
         ok = tf.logical_or(tf.logical_not(should_prune), tf.equal(self._mask_step, step))
-        return tf.debugging.Assert(ok, [_NO_MASKS_MESSAGE, step])
+        first = tf.equal(step, 1)
+        start = self._pruning_schedule(tf.constant(0, step.dtype))[0]
+        started = tf.logical_or(tf.logical_not(tf.logical_and(first, start)), self._mask_step >= 0)
+        return tf.debugging.Assert(tf.logical_and(ok, started), [_NO_MASKS_MESSAGE, step])
+
+    def _weight_assign_objs(self) -> list[Any]:
+        """``weights = masked(weights)``; tfmot's ``weights * mask`` keeps a NaN as NaN."""
+        context = tf.distribute.get_replica_context()
+        if not context:
+            return [w.assign(masked(w, m)) for w, m, _ in self._pruning_vars]
+        pairs = [(masked(w, m), w) for w, m, _ in self._pruning_vars]
+        if not pairs:
+            return []
+
+        def update(distribution: tf.distribute.Strategy, pairs: list) -> tf.Operation:
+            # tfmot's reduction: the inner layer's weights are not ours to mirror.
+            values = distribution.extended.batch_reduce_to(tf.distribute.ReduceOp.MEAN, pairs)
+            return tf.group(
+                [
+                    distribution.extended.update(w, lambda v, x: v.assign(x), args=(value,))
+                    for value, (_, w) in zip(values, pairs, strict=True)
+                ]
+            )
+
+        return [context.merge_call(update, args=(pairs,))]
+
+
+def masked(weight: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+    """``weight`` with the entries where ``mask`` is 0 set to exactly 0 (even NaN or inf).
+
+    >>> masked(tf.constant([1.0, float("nan")]), tf.constant([1.0, 0.0])).numpy().tolist()
+    [1.0, 0.0]
+    """
+    return tf.where(tf.cast(mask, tf.bool), weight, tf.zeros_like(weight))
 
 
 @keras.utils.register_keras_serializable(package="tfstatprune")
@@ -88,7 +138,11 @@ class PruneStatistically(pruning_wrapper.PruneLowMagnitude):
       keep_per_unit: with elementwise masks, the number of kernel entries per
         output unit that are never pruned (the output layer's guard against a
         class losing all its connections).
-      **kwargs: passed to tfmot's wrapper (``block_size``, ...).
+      **kwargs: passed to tfmot's wrapper (``block_size``, ``sparsity_m_by_n``:
+        ``(m, n)``, m zeros in every n consecutive inputs of each output unit,
+        the best scores kept, at every pruning step of the schedule, whose
+        sparsity it overrides as in tfmot; see
+        :func:`tfstatprune.masking.m_by_n_masks`).
 
     Example:
       >>> from tfstatprune._keras import keras
@@ -125,6 +179,13 @@ class PruneStatistically(pruning_wrapper.PruneLowMagnitude):
         self.granularity = check_granularity(granularity)
         self.prune_bias = bool(prune_bias) or groups_follow_bias(self.granularity)
         self.keep_per_unit = int(keep_per_unit)
+        if self.sparsity_m_by_n is not None:
+            self.sparsity_m_by_n = check_m_by_n(self.sparsity_m_by_n)
+            if self.granularity != "weight" or self.prune_bias:
+                raise ValueError(
+                    "sparsity_m_by_n groups single kernel weights: use granularity='weight' "
+                    "and prune_bias=False"
+                )
 
     def build(self, input_shape: Any) -> None:
         if self.prune_bias:
@@ -165,25 +226,34 @@ class PruneStatistically(pruning_wrapper.PruneLowMagnitude):
         return self.layer.call(inputs, **kwargs)
 
     def set_masks(self, masks: Mapping[str, np.ndarray], step: int) -> None:
-        """Write masks (by weight name) and apply them; records ``step`` as done."""
+        """Write masks (by weight key) and apply them; records ``step`` as done."""
+        keys = weight_keys(self)
         for weight, mask, _ in self.pruning_vars:
-            if weight.name in masks:
-                mask.assign(np.asarray(masks[weight.name], mask.dtype.as_numpy_dtype))
+            if keys[weight] in masks:
+                mask.assign(np.asarray(masks[keys[weight]], mask.dtype.as_numpy_dtype))
         self.mask_step.assign(step)
         self.apply_masks()
 
     def apply_masks(self) -> None:
-        """``weights = weights * mask`` now (tfmot's weight mask op)."""
+        """``weights = weights * mask`` now, masked entries exactly 0 (see :func:`masked`)."""
         for weight, mask, _ in self.pruning_vars:
-            weight.assign(weight * tf.cast(mask, weight.dtype))
+            weight.assign(masked(weight, mask))
 
     def current_masks(self) -> dict[str, np.ndarray]:
-        """The masks by weight name (1 keep, 0 pruned)."""
-        return {weight.name: mask.numpy() for weight, mask, _ in self.pruning_vars}
+        """The masks by weight key (1 keep, 0 pruned).
+
+        Keys are :func:`tfstatprune.stats.keys.weight_keys` (``fc1/kernel:0``), stable
+        across saving and loading, unlike ``variable.name``.
+        """
+        keys = weight_keys(self)
+        return {keys[weight]: mask.numpy() for weight, mask, _ in self.pruning_vars}
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config["pruning_schedule"] = keras.utils.serialize_keras_object(self.pruning_schedule)
+        config["pruning_schedule"] = _schedule_config(self.pruning_schedule)
+        config["sparsity_m_by_n"] = (
+            None if self.sparsity_m_by_n is None else list(self.sparsity_m_by_n)
+        )
         if not isinstance(self.criterion, str):
             raise ValueError(
                 "a wrapper with a callable criterion cannot be saved; register it with "
@@ -207,6 +277,12 @@ class PruneStatistically(pruning_wrapper.PruneLowMagnitude):
         schedule = config.pop("pruning_schedule")
         if isinstance(schedule, dict) and "class_name" not in schedule:
             schedule = {"class_name": "ConstantSparsity", "config": schedule}
+        # Files written before the schedule's own {class_name, config} was kept as it
+        # is hold it wrapped once more: unwrap it.
+        while isinstance(schedule.get("config"), dict) and "class_name" in schedule["config"]:
+            schedule = schedule["config"]
+        if config.get("sparsity_m_by_n") is not None:
+            config["sparsity_m_by_n"] = tuple(config["sparsity_m_by_n"])
         config["pruning_schedule"] = keras.utils.deserialize_keras_object(
             schedule, module_objects=schedule_objects(), custom_objects=schedule_objects()
         )

@@ -8,6 +8,7 @@ from tfstatprune.stats.collector import (
     check_stats_data,
     collect_statistics,
 )
+from tfstatprune.stats.keys import WeightKeys, weight_keys
 from tfstatprune.stats.losses import PerExampleLoss, resolve_loss
 from tfstatprune.stats.moments import WeightStatistics
 from tfstatprune.stats.registry import register_rule, registered_rules, rule_for
@@ -36,6 +37,7 @@ __all__ = [
     "GenericPathWarning",
     "GradientRule",
     "PerExampleLoss",
+    "WeightKeys",
     "WeightStatistics",
     "check_stats_data",
     "collect_statistics",
@@ -43,4 +45,5 @@ __all__ = [
     "registered_rules",
     "resolve_loss",
     "rule_for",
+    "weight_keys",
 ]

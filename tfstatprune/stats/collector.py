@@ -53,6 +53,7 @@ from tfstatprune.stats.distribute import (
     local_replicas,
     strategy_for,
 )
+from tfstatprune.stats.keys import weight_keys
 from tfstatprune.stats.kronecker import KroneckerFactors
 from tfstatprune.stats.losses import PerExampleLoss, resolve_loss
 from tfstatprune.stats.moments import WeightStatistics
@@ -90,7 +91,9 @@ class CollectedStatistics(NamedTuple):
     """What :func:`collect_statistics` returns.
 
     Attributes:
-      weights: ``{variable name: WeightStatistics}`` in the order asked for.
+      weights: ``{weight key: WeightStatistics}`` in the order asked for, keyed by
+        :func:`tfstatprune.stats.keys.weight_keys` (layer path and role, stable
+        across saving and loading; not ``variable.name``).
       count: the number of examples used (n), over all replicas and workers.
       chunk_size: examples per chunk (on this worker, over its local replicas).
       peak_bytes: estimate of the per-example quantities held for one chunk, in
@@ -487,6 +490,9 @@ def _build_plan(
     rules = {id(t.layer): t.rule for t in targets if t.rule is not None}
     probed = list({id(t.layer): t.layer for t in targets if t.rule is not None}.values())
     generic = [t for t in targets if t.rule is None]
+    # pfor cannot vectorize the TensorList loops of recurrent layers (LSTM, GRU):
+    # their per-example gradients are mapped one example after another.
+    recurrent = any(isinstance(layer, keras.layers.RNN) for layer in model.submodules)
     want_curvature = hessian != "fisher"
     rec = _Recorder()
     shapes = []
@@ -607,7 +613,7 @@ def _build_plan(
                 return tape.gradient(value, variables, unconnected_gradients=_ZERO)
 
             elems = (x, labels) if scale is None else (x, labels, scale)
-            if not vectorizable:
+            if recurrent or not vectorizable:
                 signature = [tf.TensorSpec(v.shape, v.dtype) for v in variables]
                 return tf.map_fn(
                     lambda args: [tf.convert_to_tensor(g) for g in one(args)],
@@ -820,10 +826,11 @@ def collect_statistics(
     if count == 0:
         raise ValueError("stats_data is empty: pass at least one (x, y) example")
     per_target = 3 if want_curvature else 2
+    key = weight_keys(model)
     result = {}
     for i, t in enumerate(targets):
         sums = totals[i * per_target : (i + 1) * per_target]
-        result[t.variable.name] = WeightStatistics(
+        result[key[t.variable]] = WeightStatistics(
             count,
             sums[0],
             sums[1],
@@ -842,13 +849,13 @@ def collect_statistics(
             bool(getattr(layer, "use_bias", False)),
         )
         kernel = next(t for t in targets if t.layer is layer and t.role == "kernel")
-        name = kernel.variable.name
+        name = key[kernel.variable]
         result[name] = result[name]._replace(kronecker=factors)
     offset += len(plan.kron_layers) * per_layer
     for k, layer in enumerate(plan.act_layers):
         zeros, observations = totals[offset + 2 * k], totals[offset + 2 * k + 1]
         activation = getattr(getattr(layer, "activation", None), "__name__", "linear")
-        name = next(t.variable.name for t in targets if t.layer is layer and t.role == "kernel")
+        name = next(key[t.variable] for t in targets if t.layer is layer and t.role == "kernel")
         result[name] = result[name]._replace(
             activations=ActivationStatistics(
                 count, float(observations), np.asarray(zeros, np.float64), activation
@@ -859,6 +866,6 @@ def collect_statistics(
         count=count,
         chunk_size=batch_size,
         peak_bytes=int(batch_size * per_example * _BYTES_PER_FLOAT),
-        generic=[t.variable.name for t in targets if t.rule is None],
+        generic=[key[t.variable] for t in targets if t.rule is None],
         seconds=time.perf_counter() - started,
     )
