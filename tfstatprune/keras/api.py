@@ -178,12 +178,14 @@ def scores(
     batch_size: int | None = None,
     seed: int = 0,
     verbose: int = 1,
+    skip_nonfinite: bool = False,
     **options: Any,
 ) -> dict[str, np.ndarray]:
     """Scores of every prunable weight: ``{weight name: array of the weight's shape}``.
 
     Higher = more important. With a structured granularity every entry carries
-    its group's score. Arguments as in :func:`prune_once`.
+    its group's score. Arguments as in :func:`prune_once` (``skip_nonfinite``
+    included).
     """
     model = _require_graph_model(model)
     chosen = choose_layers(model, layers, granularity)
@@ -199,6 +201,7 @@ def scores(
         batch_size=batch_size,
         seed=seed,
         verbose=verbose,
+        skip_nonfinite=skip_nonfinite,
     )
     found = {}
     for unit in units:
@@ -230,6 +233,7 @@ def prune_once(
     batch_size: int | None = None,
     seed: int = 0,
     verbose: int = 1,
+    skip_nonfinite: bool = False,
     **options: Any,
 ) -> keras.Model:
     """One-shot pruning without training: a pruned copy of ``model`` (plain Keras).
@@ -270,6 +274,9 @@ def prune_once(
       batch_size: examples per statistics chunk.
       seed: seed for sampled labels and the ``random`` criterion.
       verbose: 1 shows the statistics progress bar.
+      skip_nonfinite: leave out the examples of ``stats_data`` whose loss or
+        gradients are NaN/Inf, with a warning saying how many (default: they
+        are an error naming them).
       **options: criterion options (``hessian="ggn"``, ``damping=...``, ...).
 
     Returns:
@@ -292,6 +299,7 @@ def prune_once(
         batch_size=batch_size,
         seed=seed,
         verbose=verbose,
+        skip_nonfinite=skip_nonfinite,
         **options,
     )
     if isinstance(sparsity, str):
@@ -354,6 +362,7 @@ def _prune_copy(
     batch_size: int | None = None,
     seed: int = 0,
     verbose: int = 1,
+    skip_nonfinite: bool = False,
     **options: Any,
 ) -> keras.Model:
     model = _require_graph_model(model)
@@ -387,6 +396,7 @@ def _prune_copy(
             seed=seed,
             step=step,
             verbose=verbose,
+            skip_nonfinite=skip_nonfinite,
         )
         masks = decide_masks(
             units, result.scores, level, scope=scope, previous=masks, keep_per_column=protect

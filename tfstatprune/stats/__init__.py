@@ -21,6 +21,11 @@ from tfstatprune.stats.rules import (
     EmbeddingRule,
     GradientRule,
 )
+from tfstatprune.stats.validation import (
+    NonFiniteDataError,
+    NoSignalWarning,
+    SkippedExamplesWarning,
+)
 
 __all__ = [
     "HESSIANS",
@@ -35,7 +40,10 @@ __all__ = [
     "EmbeddingRule",
     "GenericPathWarning",
     "GradientRule",
+    "NoSignalWarning",
+    "NonFiniteDataError",
     "PerExampleLoss",
+    "SkippedExamplesWarning",
     "WeightStatistics",
     "check_stats_data",
     "collect_statistics",
