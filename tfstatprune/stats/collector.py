@@ -323,34 +323,36 @@ def _batch_axes(t: tf.Tensor) -> list[int]:
     return list(range(1, t.shape.rank))
 
 
+def _row_size(t: tf.Tensor) -> tf.Tensor:
+    """``[B]``: ``sum |t_i|`` per example (NaN/Inf when a row holds NaN/Inf)."""
+    return tf.reduce_sum(tf.abs(tf.cast(t, tf.float32)), _batch_axes(t))
+
+
 def _nonfinite_rows(t: tf.Tensor) -> tf.Tensor:
-    """``[B]`` bool: the examples (rows) of ``t`` holding NaN or Inf."""
-    return ~tf.reduce_all(tf.math.is_finite(tf.cast(t, tf.float32)), _batch_axes(t))
+    """``[B]`` bool: the examples (rows) of ``t`` holding NaN/Inf, or too large to square."""
+    return ~tf.math.is_finite(tf.square(_row_size(t)))
 
 
 def _unbounded_rows(inputs: Any, delta: tf.Tensor) -> tf.Tensor:
     """``[B]`` bool: a layer's examples with NaN/Inf inputs or output gradients, or
     whose per-example weight gradients may overflow float32 when squared.
 
-    Every entry of a Dense/Conv/normalization per-example gradient is bounded
-    by ``max |a_i| * sum |delta_i|`` (integer inputs, embedding ids, count 1).
+    One reduction per tensor: every entry of a Dense/Conv/normalization
+    per-example gradient, and of the squares the rules form, is bounded by
+    ``(sum |a_i| * sum |delta_i|)^2`` (integer inputs, embedding ids, count 1),
+    and a NaN or Inf anywhere in a row makes that bound NaN or Inf.
     """
-    delta = tf.cast(delta, tf.float32)
-    size = tf.reduce_sum(tf.abs(delta), _batch_axes(delta))
-    bad = ~tf.math.is_finite(size)
-    scale = tf.ones_like(size)
-    for t in tf.nest.flatten(inputs):
-        if not t.dtype.is_floating:
-            continue
-        t = tf.cast(t, tf.float32)
-        bad |= _nonfinite_rows(t)
-        scale = tf.maximum(scale, tf.reduce_max(tf.abs(t), _batch_axes(t)))
-    # the rules square inputs and output gradients, then multiply them
-    return bad | ~tf.math.is_finite(tf.square(scale) * tf.square(size))
+    sizes = [_row_size(t) for t in tf.nest.flatten(inputs) if t.dtype.is_floating]
+    size = _row_size(delta)
+    scale = tf.add_n(sizes) if sizes else tf.ones_like(size)
+    return ~tf.math.is_finite(tf.square(scale) * tf.square(size))
 
 
 def _zero_rows(structure: Any, bad: tf.Tensor) -> Any:
-    """``structure`` with the float tensors' rows of the ``bad`` examples set to 0."""
+    """``structure`` with the float tensors' rows of the ``bad`` examples set to 0.
+
+    Nothing is copied when no example is bad (the common case).
+    """
 
     def zero(t: tf.Tensor) -> tf.Tensor:
         if not t.dtype.is_floating:
@@ -358,7 +360,11 @@ def _zero_rows(structure: Any, bad: tf.Tensor) -> Any:
         rows = tf.reshape(bad, [-1] + [1] * (t.shape.rank - 1))
         return tf.where(rows, tf.zeros_like(t), t)
 
-    return tf.nest.map_structure(zero, structure)
+    return tf.cond(
+        tf.reduce_any(bad),
+        lambda: tf.nest.map_structure(zero, structure),
+        lambda: tf.nest.map_structure(tf.identity, structure),
+    )
 
 
 def _finite_rows(y_pred: tf.Tensor) -> tf.Tensor:
@@ -692,7 +698,7 @@ def _build_plan(
         values, grads = per_example_gradients(x, y, weights)
         bad = _nonfinite_rows(values)
         for g in grads:
-            bad |= _nonfinite_rows(tf.square(g))
+            bad |= _nonfinite_rows(g)
         return grads, bad
 
     def generic_values(
