@@ -35,7 +35,7 @@ and the totals are reduced once at the end (:mod:`tfstatprune.stats.distribute`)
 Non-finite examples are found one by one, inside the same traced step: an
 example is *non-finite* when its loss, a probed layer's input or output
 gradient, or a generic per-example gradient holds NaN/Inf, or when the bound
-``(max |a_i| * sum |delta_i|)^2`` on its squared per-example gradient overflows
+``(sum |a_i| * sum |delta_i|)^2`` on its squared per-example gradient overflows
 float32 (inputs scaled by 1e20). Such an example's inputs and output gradients
 are set to 0 and its weight to 0 before anything is summed, so it adds nothing
 (one NaN would otherwise make every sum NaN and every Wald score 0); the step
@@ -640,15 +640,9 @@ def _build_plan(
         inputs, zs, deltas = _zero_rows((inputs, zs, deltas), bad)
         kept = _times(1.0 - tf.cast(bad, tf.float32), weights)
 
-        def moments_at(objective: tf.Tensor | list) -> tuple[dict, dict]:
-            if isinstance(objective, list):  # the moments' output gradients, already taken
-                found_deltas = objective
-            else:
-                found_deltas = _zero_rows(
-                    tape.gradient(objective, taped, unconnected_gradients=_ZERO), bad
-                )
+        def moments_from(output_gradients: list) -> tuple[dict, dict]:
             found, factors = {}, {}
-            for layer, a, delta in zip(probed, inputs, found_deltas, strict=True):
+            for layer, a, delta in zip(probed, inputs, output_gradients, strict=True):
                 rule = rules[id(layer)]
                 for role, m in rule.moments(layer, a, delta).items():
                     found[(id(layer), role)] = m
@@ -657,10 +651,11 @@ def _build_plan(
             return found, factors
 
         def squares_at(objective: tf.Tensor) -> dict:
-            found, factors = moments_at(objective)
+            output_gradients = tape.gradient(objective, taped, unconnected_gradients=_ZERO)
+            found, factors = moments_from(_zero_rows(output_gradients, bad))
             return {**{k: m.sumsq for k, m in found.items()}, **factors}
 
-        moments, factors = moments_at(deltas)
+        moments, factors = moments_from(deltas)
         curvature = chained_squares(objectives, squares_at)
         kron_values = []
         for layer, a in zip(probed, inputs, strict=True):

@@ -147,7 +147,9 @@ class WeightStatistics(NamedTuple):
         negative one.
 
         >>> WeightStatistics(3, np.array([3.0, 3.0]), np.array([3.0000001, 3.00003])).variance
-        array([0.00000000e+00, 3.33333333e-08])
+        array([0.e+00, 1.e-05])
+
+        (First entry: ``1.00000003 - 1 = 3.3e-8``, below ``1e-6 x 1.0``: 0.)
 
         Raises:
           ValueError: fewer than ``MIN_EXAMPLES`` examples.
