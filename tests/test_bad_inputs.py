@@ -89,6 +89,11 @@ def test_a_nan_example_inside_fit_is_an_error(net):
     pruned.compile("adam", "sparse_categorical_crossentropy")
     with pytest.raises(NonFiniteDataError, match=r"2 of 64 examples"):
         pruned.fit(x, y, epochs=1, verbose=0, callbacks=tsp.callbacks(data, verbose=0))
+    skipping = tsp.callbacks(data, verbose=0, skip_nonfinite=True)
+    with pytest.warns(SkippedExamplesWarning, match="left out 2 of 64"):
+        pruned.fit(x, y, epochs=1, verbose=0, callbacks=skipping)
+    kernel = tsp.strip_pruning(pruned).get_layer("fc1").kernel.numpy()
+    assert np.mean(kernel == 0) == pytest.approx(0.5, abs=0.01)
 
 
 @pytest.mark.parametrize("hessian", ["fisher", "ggn_exact"])

@@ -40,6 +40,7 @@ __all__ = [
     "check_labels",
     "nonfinite_error",
     "warn_no_signal",
+    "warn_skipped",
 ]
 
 # How many offending example indices a message lists.
