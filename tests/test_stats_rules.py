@@ -234,7 +234,7 @@ def test_channels_first_is_channels_last_transposed(rank):
     got = ConvRule().moments(first, tf.transpose(x, perm), tf.transpose(delta, perm))
     for role in ("kernel", "bias"):
         for a, b in zip(got[role], want[role], strict=True):
-            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-6)
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=RTOL_VS_FLOAT64, atol=1e-6)
 
 
 def _dense_ggn_diagonal(model: keras.Model, x: np.ndarray, from_logits: bool) -> list[np.ndarray]:

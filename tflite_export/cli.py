@@ -129,13 +129,12 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def load_keras_model(path: Path) -> Any:
-    """A tf_keras model from a .keras/.h5 file, pruning wrappers included.
+    """A model from a .keras/.h5 file (Keras 3 or tf_keras), pruning wrappers included.
 
     Raises:
       UsageError: when the file is missing or is not a Keras model.
     """
     import tfstatprune
-    from tfstatprune._keras import keras
 
     if not path.exists():
         raise UsageError(f"model file not found: {path}")
@@ -146,8 +145,7 @@ def load_keras_model(path: Path) -> Any:
         )
     _progress(f"loading {path}")
     try:
-        with tfstatprune.prune_scope():
-            return keras.models.load_model(path, compile=False)
+        return tfstatprune.load_model(path, compile=False)
     except Exception as error:  # Keras raises many types for a bad file
         raise UsageError(f"cannot load {path} as a Keras model: {_first_line(error)}") from error
 

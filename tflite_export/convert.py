@@ -332,7 +332,7 @@ def strip_if_pruned(model: Any) -> tuple[Any, bool]:
 
     model = require_tf_keras_model(model)
     wrapped = any(isinstance(m, pruning_wrapper.PruneLowMagnitude) for m in model.submodules)
-    return (strip_pruning(model), True) if wrapped else (model, False)
+    return (strip_pruning(model, keras_version=2), True) if wrapped else (model, False)
 
 
 def convert(

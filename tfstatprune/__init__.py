@@ -9,11 +9,17 @@ Typical use::
     pruned.fit(x, y, callbacks=tsp.callbacks(stats_data))
     final = tsp.strip_pruning(pruned)
 
-Keras: tfstatprune uses tf_keras (Keras 2), as tensorflow-model-optimization
-does; see :mod:`tfstatprune._keras`.
+Keras: tfstatprune runs on tf_keras (Keras 2), as tensorflow-model-optimization
+does; Keras 3 models are translated in and out (:mod:`tfstatprune._translate`).
 """
 
 from tfstatprune import criteria, masking, regularizers, schedules, stats
+from tfstatprune._translate import (
+    TranslationError,
+    register_translation,
+    to_keras3,
+    to_tf_keras,
+)
 from tfstatprune.criteria import (
     available_criteria,
     get_criterion,
@@ -28,6 +34,7 @@ from tfstatprune.keras import (
     WeightHistory,
     callbacks,
     copy_model,
+    load_model,
     prune_auto,
     prune_by_threshold,
     prune_once,
@@ -46,6 +53,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "IterativeSparsity",
+    "TranslationError",
     "OneShotSparsity",
     "PruneStatistically",
     "SensitivityRegularization",
@@ -58,6 +66,7 @@ __all__ = [
     "copy_model",
     "criteria",
     "get_criterion",
+    "load_model",
     "masking",
     "prune_by_threshold",
     "AutoPruneResult",
@@ -66,6 +75,7 @@ __all__ = [
     "prune_scope",
     "prune_statistically",
     "register_criterion",
+    "register_translation",
     "regularizers",
     "schedules",
     "scores",
@@ -73,5 +83,7 @@ __all__ = [
     "sparsity_report",
     "stats",
     "strip_pruning",
+    "to_keras3",
+    "to_tf_keras",
     "wald_pvalues",
 ]

@@ -3,8 +3,10 @@
 tensorflow-model-optimization 0.8 prunes Keras 2 models only, so tfstatprune
 uses ``tf_keras`` (the Keras 2 package) everywhere. TensorFlow 2.16+ ships
 Keras 3 as ``tf.keras`` unless ``TF_USE_LEGACY_KERAS=1`` is set before
-TensorFlow is imported; a Keras 3 model passed to tfstatprune gets
-:func:`require_tf_keras_model`'s error, which says how to fix it.
+TensorFlow is imported; a Keras 3 model passed to tfstatprune is translated to
+tf_keras by :func:`require_tf_keras_model` (:mod:`tfstatprune._translate`, the
+one module beside this one that knows both versions; Keras 3 is imported only
+when a Keras 3 object shows up).
 
 Every other module imports Keras from here::
 
@@ -16,7 +18,7 @@ from __future__ import annotations
 import tf_keras as keras
 from packaging.version import Version
 
-__all__ = ["keras", "require_tf_keras_model", "KERAS3_HELP"]
+__all__ = ["keras", "is_keras3_object", "require_tf_keras_model"]
 
 _MIN_TF_KERAS = Version("2.14")
 if Version(keras.__version__) < _MIN_TF_KERAS:  # pragma: no cover - install-time guard
@@ -25,36 +27,30 @@ if Version(keras.__version__) < _MIN_TF_KERAS:  # pragma: no cover - install-tim
         "upgrade with `pip install -U tf-keras`."
     )
 
-KERAS3_HELP = (
-    "tfstatprune (like tensorflow-model-optimization) prunes tf_keras (Keras 2) "
-    "models, but this is a Keras 3 model. Fix it in one of two ways: build the "
-    "model with `import tf_keras as keras` (same API), or set the environment "
-    "variable TF_USE_LEGACY_KERAS=1 before TensorFlow is first imported so that "
-    "`tf.keras` is tf_keras. A saved Keras 3 model can be rebuilt in tf_keras "
-    "from its architecture and loaded with `model.set_weights(...)`."
-)
 
-
-def _is_keras3_object(obj: object) -> bool:
+def is_keras3_object(obj: object) -> bool:
     """True when ``obj`` is an instance of a class from the Keras 3 package."""
     return any(c.__module__.split(".")[0] == "keras" for c in type(obj).__mro__)
 
 
-def require_tf_keras_model(model: object, what: str = "model") -> keras.Model:
-    """Return ``model`` if it is a tf_keras ``Model``; raise a helpful error otherwise.
+def require_tf_keras_model(model: object, what: str = "model", data: object = None) -> keras.Model:
+    """``model`` as a tf_keras ``Model``: itself, or the translation of a Keras 3 model.
 
     Args:
       model: the object a user passed in.
       what: how the error message should call it.
+      data: inputs to check a translation's predictions on (default: random ones).
 
     Raises:
-      TypeError: for a Keras 3 model (with :data:`KERAS3_HELP`), or for anything
-        that is not a Keras model at all.
+      TranslationError: a Keras 3 model that cannot be translated exactly.
+      TypeError: for anything that is not a Keras model at all.
     """
     if isinstance(model, keras.Model):
         return model
-    if _is_keras3_object(model):
-        raise TypeError(KERAS3_HELP)
+    if is_keras3_object(model):
+        from tfstatprune._translate import to_tf_keras
+
+        return to_tf_keras(model, data)
     raise TypeError(
         f"Expected the {what} to be a tf_keras Model (Sequential or functional), "
         f"got {type(model).__name__}."

@@ -2,8 +2,9 @@
 
 Subcommands (``tfstatprune <command> --help`` for their options):
 
-* ``demo``: train LeNet-300-100 on MNIST, prune it to 90 % with the Wald test and
-  with magnitude, and compare them (the program is ``examples/demo.py``).
+* ``demo``: train LeNet-300-100 on MNIST, prune it up to 99 % one-shot and
+  iteratively with the Wald test and with magnitude, compare them, export to
+  TFLite (the program is :mod:`tfstatprune.demo`).
 * ``compare``: every criterion one-shot on the same trained model, over seeds
   (:mod:`tfstatprune.compare`).
 * ``export``: write a Keras model as .tflite, validated, with a size report
@@ -356,7 +357,8 @@ def _add_demo_arguments(parser: argparse.ArgumentParser) -> None:
         "--out",
         type=Path,
         default=DEMO_DEFAULT_OUT,
-        help="output directory: trained models, results.md, results.json (default: %(default)s)",
+        help="output directory: models, .tflite files, demo.png, results.md, results.json "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--seed", type=int, default=DEMO_DEFAULT_SEED, help="random seed (default: %(default)s)"
@@ -364,8 +366,8 @@ def _add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="a smoke run (under a minute): 1 epoch on a subset, fewer examples for the "
-        "statistics (accuracies are then far from the full run's)",
+        help="a smoke run (about a minute): 1 epoch on a subset, 3 levels, fewer examples "
+        "for the statistics (accuracies are then far from the full run's)",
     )
     parser.add_argument(
         "--epochs",
@@ -381,7 +383,8 @@ def _add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    demo = load_example("demo")
+    from tfstatprune import demo  # imports cli (OutputDir, Table): import it when used
+
     config = demo.DemoConfig.from_options(
         out=args.out, seed=args.seed, quick=args.quick, epochs=args.epochs, force=args.force
     )
@@ -415,14 +418,15 @@ def _from_tflite_export(name: str) -> Callable[[Any], Any]:
 COMMANDS: tuple[Command, ...] = (
     Command(
         name="demo",
-        help="prune LeNet-300-100 on MNIST to 90%% with the Wald test and with magnitude",
+        help="LeNet-300-100 on MNIST pruned up to 99%% by the Wald test and by magnitude",
         description=(
             "Train LeNet-300-100 on MNIST (or reuse the model a previous run trained with "
-            "the same settings), prune one copy to 90% per layer by the Wald statistic and "
-            "one by magnitude (iteratively: 50, 70, 80, 90% with retraining in between), "
-            "and print per-layer sparsity, test accuracy and the time of each phase. The "
-            "models and the table (markdown) are saved in --out. Files there that the demo "
-            "did not write are never overwritten without --force."
+            "the same settings), prune it one-shot (no retraining) and iteratively inside "
+            "fit to 50, 80, 90, 95, 98 and 99% of every layer's weights by the Wald "
+            "statistic (wald_block) and by magnitude, print test accuracy per level, draw "
+            "demo.png, export the dense and Wald-pruned models to TFLite and time them. "
+            "Everything is saved in --out. Files there that the demo did not write are "
+            "never overwritten without --force."
         ),
         add_arguments=_add_demo_arguments,
         run=_run_demo,

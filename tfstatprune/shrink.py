@@ -74,6 +74,7 @@ import tensorflow as tf
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 
 from tfstatprune._keras import keras, require_tf_keras_model
+from tfstatprune._translate import returns_users_keras
 from tfstatprune.keras.graph import LayerCall as _Call
 from tfstatprune.keras.graph import TensorKey
 from tfstatprune.keras.graph import is_elementwise as _is_elementwise
@@ -765,6 +766,7 @@ def _layer_configs(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {entry["config"]["name"]: entry for entry in config["layers"]}
 
 
+@returns_users_keras()
 def shrink(model: keras.Model, *, atol: float = 0.0) -> ShrinkResult:
     """Rebuild ``model`` without its dead units and filters: smaller, same predictions.
 

@@ -12,6 +12,7 @@ from tfstatprune.keras.api import (
 )
 from tfstatprune.keras.callbacks import StatisticalPruning, callbacks
 from tfstatprune.keras.history import WeightHistory
+from tfstatprune.keras.loading import load_model
 from tfstatprune.keras.report import SparsityReport, sparsity_report
 from tfstatprune.keras.sensitivity import SensitivityRegularization
 from tfstatprune.keras.threshold import prune_by_threshold
@@ -25,6 +26,7 @@ __all__ = [
     "WeightHistory",
     "callbacks",
     "copy_model",
+    "load_model",
     "prune_by_threshold",
     "AutoPruneResult",
     "prune_auto",

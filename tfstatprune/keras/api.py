@@ -10,6 +10,7 @@ import tensorflow_model_optimization as tfmot
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 
 from tfstatprune._keras import keras, require_tf_keras_model
+from tfstatprune._translate import returns_users_keras
 from tfstatprune.granularity import Granularity, expand
 from tfstatprune.keras.consistency import (
     UNIT_GRANULARITIES,
@@ -70,6 +71,7 @@ def _check_scope(scope: str) -> None:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
 
 
+@returns_users_keras("wrapped")
 def prune_statistically(
     model: keras.Model,
     stats_data: Any = None,
@@ -165,6 +167,7 @@ def prune_statistically(
     return keras.models.clone_model(private, clone_function=wrap)
 
 
+@returns_users_keras("names")
 def scores(
     model: keras.Model,
     stats_data: Any = None,
@@ -213,6 +216,7 @@ def scores(
     return found
 
 
+@returns_users_keras()
 def prune_once(
     model: keras.Model,
     stats_data: Any,
@@ -439,6 +443,7 @@ def _correct(model: keras.Model, data: Any) -> np.ndarray:
     return (predictions.reshape(-1) > 0.5) == (y.reshape(-1) > 0.5)
 
 
+@returns_users_keras()
 def prune_auto(
     model: keras.Model,
     stats_data: Any,
@@ -480,6 +485,7 @@ def prune_auto(
     return AutoPruneResult(best, chosen.sparsity, chosen)
 
 
+@returns_users_keras()
 def strip_pruning(model: keras.Model) -> keras.Model:
     """A plain tf_keras model without pruning wrappers, zeros in place.
 

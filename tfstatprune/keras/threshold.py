@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from tfstatprune._keras import keras
+from tfstatprune._translate import returns_users_keras
 from tfstatprune.granularity import Granularity, check_granularity, expand, reduce_groups
 from tfstatprune.keras.api import copy_model
 from tfstatprune.keras.layers import select_layers
@@ -25,6 +26,7 @@ __all__ = ["prune_by_threshold"]
 _UNITS = ("unit", "filter")
 
 
+@returns_users_keras()
 def prune_by_threshold(
     model: keras.Model,
     threshold: float,

@@ -297,6 +297,18 @@ def _regularizer_curvature(target: _Target) -> np.ndarray | float:
     return 0.0 if hess is None else hess.numpy().astype(np.float64)
 
 
+def _grouped_conv(layer: keras.layers.Layer) -> bool:
+    """True for a convolution with ``groups > 1``.
+
+    pfor's per-example ``Conv2DBackpropFilter`` (a while_loop inside
+    ``vectorized_map``) fails on grouped kernels on some CPUs ("filter_size does not
+    have enough elements"), so the generic path loops over examples with ``map_fn``.
+    """
+    return isinstance(layer, keras.layers.Conv1D | keras.layers.Conv2D | keras.layers.Conv3D) and (
+        getattr(layer, "groups", 1) > 1
+    )
+
+
 def _times(values: tf.Tensor, weights: tf.Tensor | None) -> tf.Tensor:
     """``values * weights``, or ``values`` when there are no weights."""
     return values if weights is None else values * tf.cast(weights, values.dtype)
@@ -673,6 +685,7 @@ def _build_plan(
         return moments, curvature, kron_values, bad
 
     generic_variables = [t.variable for t in generic]
+    vectorizable = not any(_grouped_conv(t.layer) for t in generic)
 
     def per_example_gradients(
         x: Any, labels: Any, scale: tf.Tensor | None = None
@@ -686,7 +699,19 @@ def _build_plan(
                     value = value * args[2]
             return value, tape.gradient(value, generic_variables, unconnected_gradients=_ZERO)
 
-        return tf.vectorized_map(one, (x, labels) if scale is None else (x, labels, scale))
+        elems = (x, labels) if scale is None else (x, labels, scale)
+        if not vectorizable:
+            signature = (
+                tf.TensorSpec([], tf.float32),
+                [tf.TensorSpec(v.shape, v.dtype) for v in generic_variables],
+            )
+
+            def one_of_map(args: tuple) -> tuple[tf.Tensor, list[tf.Tensor]]:
+                value, grads = one(args)
+                return tf.cast(value, tf.float32), [tf.convert_to_tensor(g) for g in grads]
+
+            return tf.map_fn(one_of_map, elems, fn_output_signature=signature)
+        return tf.vectorized_map(one, elems)
 
     def generic_gradients(x: Any, y: Any, weights: tf.Tensor | None) -> tuple[list, tf.Tensor]:
         """The generic weights' per-example gradients and the non-finite examples."""
