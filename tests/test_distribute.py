@@ -97,6 +97,21 @@ out["ggn_exact"] = {
         collect_statistics(mirrored, (x, y), weights=ruled(mirrored), **kwargs)
     ),
 }
+# Non-finite examples 5 and 36: example 36 is alone in the last chunk, so the
+# other replica's padding copies it (weight 0) and must not count it.
+x_bad = x.copy()
+x_bad[[5, 36]] = np.nan
+kwargs = dict(batch_size=12, verbose=0)
+out["nonfinite"] = {}
+for key, model in (("single", single), ("model_strategy", mirrored)):
+    try:
+        collect_statistics(model, (x_bad, y), **{**kwargs, "weights": ruled(model)})
+    except ValueError as error:
+        message = str(error)
+    skipped = collect_statistics(
+        model, (x_bad, y), skip_nonfinite=True, **{**kwargs, "weights": ruled(model)}
+    )
+    out["nonfinite"][key] = {**arrays(skipped), "message": message}
 print(json.dumps(out))
 """
 
@@ -165,6 +180,9 @@ def test_mirrored_strategy_matches_a_single_device():
     for found in results.values():
         assert_same_statistics(found["model_strategy"], found["single"])
     assert_same_statistics(results["fisher"]["scope"], results["fisher"]["single"])
+    for found in results["nonfinite"].values():  # the padding copy of example 36 not counted
+        assert "2 of 37 examples" in found["message"] and "[5, 36]" in found["message"]
+        assert found["count"] == 35
 
 
 def _free_ports(n: int) -> list[int]:

@@ -47,7 +47,7 @@ import numpy as np
 from tfstatprune.criteria.registry import StatsRequest, register_criterion
 from tfstatprune.granularity import Grouping
 from tfstatprune.stats.kronecker import KroneckerFactors
-from tfstatprune.stats.moments import WeightStatistics
+from tfstatprune.stats.moments import WeightStatistics, require_examples
 
 __all__ = [
     "DEFAULT_DAMPING",
@@ -133,11 +133,14 @@ def output_variance(
     ``B_S -> 0`` faster than ``B_H``, so its sandwich variance vanishes and
     the Wald statistic of every weight into it would explode; the data say
     nothing about such weights (not identified), and the guard lets them score
-    as low as their curvature says instead.
+    as low as their curvature says instead. ``B_S`` is a covariance: it needs
+    at least ``MIN_EXAMPLES = 2`` examples (fewer raise a ``ValueError``); with
+    fewer examples than outputs it is singular, which the floor absorbs.
     """
     if factors.curvature is None:
         raise ValueError("block criteria need curvature factors: collect with hessian='ggn'")
-    n = max(factors.count, 1)
+    require_examples(factors.count, "the sandwich output factor M (wald_block)")
+    n = factors.count
     b_h = _damped(factors.curvature / n, damping if output_damping is None else output_damping)
     b_h_inv = np.linalg.inv(b_h)
     m_full = b_h_inv @ (factors.gradients / n) @ b_h_inv

@@ -16,7 +16,7 @@ import numpy as np
 from scipy import stats as scipy_stats
 
 from tfstatprune.criteria.registry import hessian_from_options, register_criterion
-from tfstatprune.stats.moments import WeightStatistics
+from tfstatprune.stats.moments import WeightStatistics, require_examples
 
 __all__ = ["wald", "wald_pvalues", "curvature_diagonal"]
 
@@ -71,7 +71,10 @@ def wald(
     penalty's curvature, 84 % / 43 % without it.
 
     A weight the data never moves (data curvature 0) or whose per-example
-    gradients do not vary (``Sigma_kk = 0``) scores 0, never NaN or inf.
+    gradients do not vary (``Sigma_kk = 0``, float32 round-off included: see
+    :attr:`~tfstatprune.stats.WeightStatistics.variance`) scores 0, never NaN
+    or inf. The variance needs at least ``MIN_EXAMPLES = 2`` examples; fewer
+    raise a ``ValueError``.
 
     >>> from tfstatprune.stats import WeightStatistics
     >>> st = WeightStatistics(4, np.array([0.0, 2.0, 0.0]), np.array([4.0, 4.0, 0.0]))
@@ -81,6 +84,8 @@ def wald(
     (First weight: H = 4/4 = 1, Sigma = 1 - 0 = 1, W = 4 * 1 * 1 / 1. Second:
     H = 1, Sigma = 1 - 0.25 = 0.75, W = 4 / 0.75.)
     """
+    if stats is not None:
+        require_examples(stats.count, "the Wald criterion")
     h, data = curvature_diagonal(stats, hessian, regularizer)
     sigma = stats.variance
     informative = (data > 0) & (sigma > 0)

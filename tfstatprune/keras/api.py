@@ -252,6 +252,7 @@ def scores(
     batch_size: int | None = None,
     seed: int = 0,
     verbose: int = 1,
+    skip_nonfinite: bool = False,
     **options: Any,
 ) -> dict[str, np.ndarray]:
     """Scores of every prunable weight: ``{weight key: array of the weight's shape}``.
@@ -260,7 +261,7 @@ def scores(
     its group's score. Keys are the layer path and the weight's role
     (``"fc1/kernel:0"``, :func:`tfstatprune.stats.keys.weight_keys`): a freshly
     built model's ``variable.name``, and the same after saving and loading.
-    Arguments as in :func:`prune_once`.
+    Arguments as in :func:`prune_once` (``skip_nonfinite`` included).
     """
     model = _require_graph_model(model)
     chosen = choose_layers(model, layers, granularity)
@@ -276,6 +277,7 @@ def scores(
         batch_size=batch_size,
         seed=seed,
         verbose=verbose,
+        skip_nonfinite=skip_nonfinite,
     )
     found = {}
     for unit in units:
@@ -309,6 +311,7 @@ def prune_once(
     batch_size: int | None = None,
     seed: int = 0,
     verbose: int = 1,
+    skip_nonfinite: bool = False,
     **options: Any,
 ) -> keras.Model:
     """One-shot pruning without training: a pruned copy of ``model`` (plain Keras).
@@ -353,6 +356,9 @@ def prune_once(
       batch_size: examples per statistics chunk.
       seed: seed for sampled labels and the ``random`` criterion.
       verbose: 1 shows the statistics progress bar.
+      skip_nonfinite: leave out the examples of ``stats_data`` whose loss or
+        gradients are NaN/Inf, with a warning saying how many (default: they
+        are an error naming them).
       **options: criterion options (``hessian="ggn"``, ``damping=...``, ...).
 
     Returns:
@@ -376,6 +382,7 @@ def prune_once(
         batch_size=batch_size,
         seed=seed,
         verbose=verbose,
+        skip_nonfinite=skip_nonfinite,
         **options,
     )
     if isinstance(sparsity, str):
@@ -439,6 +446,7 @@ def _prune_copy(
     batch_size: int | None = None,
     seed: int = 0,
     verbose: int = 1,
+    skip_nonfinite: bool = False,
     **options: Any,
 ) -> keras.Model:
     model = _require_graph_model(model)
@@ -480,6 +488,7 @@ def _prune_copy(
             seed=seed,
             step=step,
             verbose=verbose,
+            skip_nonfinite=skip_nonfinite,
         )
         masks = decide_masks(
             units,

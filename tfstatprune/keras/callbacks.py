@@ -51,6 +51,8 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
       loss: per-example loss (default: the compiled loss).
       max_examples: use at most this many examples per pruning step.
       batch_size: examples per statistics chunk (default: from a memory budget).
+      skip_nonfinite: leave out the examples whose loss or gradients are
+        NaN/Inf, with a warning saying how many (default: an error).
       seed: seed for sampled labels and for the ``random`` criterion.
       verbose: 1 prints one line per pruning step, 2 adds the statistics
         progress bar, 0 is silent.
@@ -77,6 +79,7 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
         batch_size: int | None = None,
         seed: int = 0,
         verbose: int = 1,
+        skip_nonfinite: bool = False,
         adjust_dropout: bool | None = None,
         reset_batchnorm: bool | None = None,
     ) -> None:
@@ -87,6 +90,7 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
         self.loss = loss
         self.max_examples = max_examples
         self.batch_size = batch_size
+        self.skip_nonfinite = skip_nonfinite
         self.seed = seed
         self.verbose = verbose
         self.history: list[dict[str, Any]] = []
@@ -171,6 +175,7 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
                 seed=self.seed,
                 step=step,
                 verbose=int(self.verbose > 1),
+                skip_nonfinite=self.skip_nonfinite,
             )
             if result.statistics is not None:
                 examples = result.statistics.count

@@ -36,6 +36,7 @@ from tfstatprune.keras.layers import prunable_weights
 from tfstatprune.masking import compute_masks, m_by_n_masks
 from tfstatprune.stats import CollectedStatistics, collect_statistics
 from tfstatprune.stats.keys import weight_keys
+from tfstatprune.stats.validation import check_finite_weights
 
 __all__ = [
     "MaskUnit",
@@ -161,6 +162,7 @@ def score_units(
     seed: int = 0,
     step: int = 0,
     verbose: int = 1,
+    skip_nonfinite: bool = False,
 ) -> ScoringResult:
     """Collect the statistics ``criterion`` needs and score every mask unit.
 
@@ -168,11 +170,17 @@ def score_units(
     gets a distinct seed per mask unit and pruning step, derived from ``seed``.
     A criterion with a ``bn_gamma`` option (``bn_scale``) gets, per grouped
     unit, the current ``gamma`` of the BatchNormalization after its layer.
+    ``skip_nonfinite`` leaves out examples with a NaN/Inf loss or gradient
+    (:func:`~tfstatprune.stats.collect_statistics`); weights holding NaN/Inf
+    are refused, naming the layer.
     """
     options = dict(options or {})
     crit = resolve_criterion(criterion, options)
     needs = crit.request(options)
     weights = [w for unit in units for w in unit.weights]
+    check_finite_weights(
+        {k: (w, u.layer.name) for u in units for k, w in zip(u.names, u.weights, strict=True)}
+    )
     statistics = None
     if needs is not None and needs.history:  # training history, not gradients
         statistics = history_statistics(crit.name, stats_data, [k for u in units for k in u.names])
@@ -194,6 +202,7 @@ def score_units(
             batch_size=batch_size,
             seed=seed + step,
             verbose=verbose,
+            skip_nonfinite=skip_nonfinite,
         )
     derive_seed = SEED_OPTION in inspect.signature(crit.fn).parameters and (
         SEED_OPTION not in options

@@ -22,6 +22,11 @@ from tfstatprune.stats.rules import (
     EmbeddingRule,
     GradientRule,
 )
+from tfstatprune.stats.validation import (
+    NonFiniteDataError,
+    NoSignalWarning,
+    SkippedExamplesWarning,
+)
 
 __all__ = [
     "HESSIANS",
@@ -36,7 +41,10 @@ __all__ = [
     "EmbeddingRule",
     "GenericPathWarning",
     "GradientRule",
+    "NoSignalWarning",
+    "NonFiniteDataError",
     "PerExampleLoss",
+    "SkippedExamplesWarning",
     "WeightKeys",
     "WeightStatistics",
     "check_stats_data",

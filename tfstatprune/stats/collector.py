@@ -31,6 +31,18 @@ a per-example diagonal (divide by n for the diagonal of the mean loss
 
 Under a ``tf.distribute`` strategy each replica sums its share of every chunk
 and the totals are reduced once at the end (:mod:`tfstatprune.stats.distribute`).
+
+Non-finite examples are found one by one, inside the same traced step: an
+example is *non-finite* when its loss, a probed layer's input or output
+gradient, or a generic per-example gradient holds NaN/Inf, or when the bound
+``(sum |a_i| * sum |delta_i|)^2`` on its squared per-example gradient overflows
+float32 (inputs scaled by 1e20). Such an example's inputs and output gradients
+are set to 0 and its weight to 0 before anything is summed, so it adds nothing
+(one NaN would otherwise make every sum NaN and every Wald score 0); the step
+counts it and returns its position. At the end the collection raises
+:class:`~tfstatprune.stats.validation.NonFiniteDataError` naming how many and
+the first indices, or, with ``skip_nonfinite=True``, warns and reports them in
+``CollectedStatistics.skipped``.
 """
 
 from __future__ import annotations
@@ -56,9 +68,16 @@ from tfstatprune.stats.distribute import (
 from tfstatprune.stats.keys import weight_keys
 from tfstatprune.stats.kronecker import KroneckerFactors
 from tfstatprune.stats.losses import PerExampleLoss, resolve_loss
-from tfstatprune.stats.moments import WeightStatistics
+from tfstatprune.stats.moments import WeightStatistics, chunk_rounding
 from tfstatprune.stats.registry import rule_for
 from tfstatprune.stats.rules import GradientRule, moments_of, size_of
+from tfstatprune.stats.validation import (
+    check_input_dtype,
+    check_labels,
+    nonfinite_error,
+    warn_no_signal,
+    warn_skipped,
+)
 
 __all__ = [
     "CollectedStatistics",
@@ -104,6 +123,8 @@ class CollectedStatistics(NamedTuple):
         not counted.
       generic: names of the weights that took the generic vectorized path.
       seconds: wall time of the collection.
+      skipped: examples left out for a non-finite loss or gradient
+        (``skip_nonfinite=True``; not counted in ``count``).
     """
 
     weights: dict[str, WeightStatistics]
@@ -112,6 +133,7 @@ class CollectedStatistics(NamedTuple):
     peak_bytes: int
     generic: list[str]
     seconds: float
+    skipped: int = 0
 
 
 class _Target(NamedTuple):
@@ -312,6 +334,59 @@ def _zero_counts(
     return [tf.reduce_sum(zero, axis=list(range(zero.shape.rank - 1))), examples * positions]
 
 
+def _batch_axes(t: tf.Tensor) -> list[int]:
+    return list(range(1, t.shape.rank))
+
+
+def _row_size(t: tf.Tensor) -> tf.Tensor:
+    """``[B]``: ``sum |t_i|`` per example (NaN/Inf when a row holds NaN/Inf)."""
+    return tf.reduce_sum(tf.abs(tf.cast(t, tf.float32)), _batch_axes(t))
+
+
+def _nonfinite_rows(t: tf.Tensor) -> tf.Tensor:
+    """``[B]`` bool: the examples (rows) of ``t`` holding NaN/Inf, or too large to square."""
+    return ~tf.math.is_finite(tf.square(_row_size(t)))
+
+
+def _unbounded_rows(inputs: Any, delta: tf.Tensor) -> tf.Tensor:
+    """``[B]`` bool: a layer's examples with NaN/Inf inputs or output gradients, or
+    whose per-example weight gradients may overflow float32 when squared.
+
+    One reduction per tensor: every entry of a Dense/Conv/normalization
+    per-example gradient, and of the squares the rules form, is bounded by
+    ``(sum |a_i| * sum |delta_i|)^2`` (integer inputs, embedding ids, count 1),
+    and a NaN or Inf anywhere in a row makes that bound NaN or Inf.
+    """
+    sizes = [_row_size(t) for t in tf.nest.flatten(inputs) if t.dtype.is_floating]
+    size = _row_size(delta)
+    scale = tf.add_n(sizes) if sizes else tf.ones_like(size)
+    return ~tf.math.is_finite(tf.square(scale) * tf.square(size))
+
+
+def _zero_rows(structure: Any, bad: tf.Tensor) -> Any:
+    """``structure`` with the float tensors' rows of the ``bad`` examples set to 0.
+
+    Nothing is copied when no example is bad (the common case).
+    """
+
+    def zero(t: tf.Tensor) -> tf.Tensor:
+        if not t.dtype.is_floating:
+            return t
+        rows = tf.reshape(bad, [-1] + [1] * (t.shape.rank - 1))
+        return tf.where(rows, tf.zeros_like(t), t)
+
+    return tf.cond(
+        tf.reduce_any(bad),
+        lambda: tf.nest.map_structure(zero, structure),
+        lambda: tf.nest.map_structure(tf.identity, structure),
+    )
+
+
+def _finite_rows(y_pred: tf.Tensor) -> tf.Tensor:
+    """``y_pred`` with non-finite examples set to 0, to sample labels from (in range)."""
+    return _zero_rows(y_pred, _nonfinite_rows(y_pred))
+
+
 def _expand(structure: Any) -> Any:
     return tf.nest.map_structure(lambda t: tf.expand_dims(t, 0), structure)
 
@@ -403,6 +478,7 @@ def check_stats_data(model: keras.Model, data: Any) -> None:
     input_rank = len(model.input_shape) if isinstance(model.input_shape, tuple) else None
     for x, _ in _iter_chunks(data, 1, 1, input_rank):
         _check_input_shape(model, x)
+        check_input_dtype(model, x)
         return
     raise ValueError("stats_data is empty: pass at least one (x, y) example")
 
@@ -425,9 +501,12 @@ class _Plan(NamedTuple):
     """A traced statistics step, its accumulators and what it was built for.
 
     Attributes:
-      step: ``step(x, y, seed_pair)`` adds one chunk (distributed values under a
-        strategy) to ``accumulators``.
-      accumulators: per target its sum, sum of squares (and curvature), then the count.
+      step: ``step(x, y, weights, seed_pair)`` adds one chunk (distributed values
+        under a strategy) to ``accumulators`` and returns, per replica, which
+        of its examples were non-finite (left out).
+      accumulators: per target its sum, sum of squares (and curvature), the
+        layer-level values, then the count of examples used and of
+        non-finite examples left out.
       per_example_floats: ``per_example_floats(x_spec)``, the floats per example
         held for one chunk (see ``CollectedStatistics.peak_bytes``).
     """
@@ -512,7 +591,7 @@ def _build_plan(
     act_layers = [layer for layer in probed if activations and id(layer) in kernels]
     for layer in act_layers:  # zero counts per output channel, (example, position) pairs
         shapes += [kernels[id(layer)].shape[-1:], []]
-    accumulators = Accumulators(strategy, [*shapes, []])
+    accumulators = Accumulators(strategy, [*shapes, [], []])  # then: count, non-finite
 
     def forward(x: Any) -> tf.Tensor:
         return model(x, training=False)
@@ -522,7 +601,9 @@ def _build_plan(
     ) -> list[tf.Tensor]:
         """Scalars whose gradients' squares add up to the curvature (see module docstring)."""
         if hessian == "ggn":
-            y_sampled = tf.stop_gradient(per_example_loss.sample_labels(y_pred, seed_pair))
+            y_sampled = tf.stop_gradient(
+                per_example_loss.sample_labels(_finite_rows(y_pred), seed_pair)
+            )
             return [tf.reduce_sum(_times(per_example_loss(y_sampled, y_pred), weights))]
         if hessian == "ggn_exact":
             return [
@@ -546,8 +627,13 @@ def _build_plan(
         return total
 
     def closed_form_values(
-        x: Any, y: Any, weights: tf.Tensor | None, seed_pair: tf.Tensor
-    ) -> tuple[dict, dict | None]:
+        x: Any, y: Any, weights: tf.Tensor | None, seed_pair: tf.Tensor, bad: tf.Tensor
+    ) -> tuple[dict, dict | None, list, tf.Tensor]:
+        """Moments, curvature, layer-level values and the non-finite examples.
+
+        ``bad`` marks examples already found non-finite (by the generic
+        path); the examples found here are added to it.
+        """
         calls = rec.calls
         calls.clear()
         with tf.GradientTape(persistent=want_curvature) as tape:
@@ -556,18 +642,25 @@ def _build_plan(
                 y_pred = forward(x)
             finally:
                 rec.active = False
-            total = tf.reduce_sum(_times(per_example_loss(y, y_pred), weights))
+            losses = per_example_loss(y, y_pred)
+            total = tf.reduce_sum(_times(losses, weights))
             objectives = curvature_objectives(y_pred, seed_pair, weights)
         missing = [layer.name for layer in probed if id(layer) not in calls]
         if missing:
             raise ValueError(f"layers {missing} were not called by the model's forward pass")
         inputs = [calls[id(layer)][0] for layer in probed]
         zs = [calls[id(layer)][1] for layer in probed]
+        deltas = tape.gradient(total, zs, unconnected_gradients=_ZERO)
+        bad = bad | _nonfinite_rows(losses)
+        for a, delta in zip(inputs, deltas, strict=True):
+            bad |= _unbounded_rows(a, delta)
+        taped = zs  # the outputs the tape differentiates by (the zeroed copies are not)
+        inputs, zs, deltas = _zero_rows((inputs, zs, deltas), bad)
+        kept = _times(1.0 - tf.cast(bad, tf.float32), weights)
 
-        def moments_at(objective: tf.Tensor) -> tuple[dict, dict]:
-            deltas = tape.gradient(objective, zs, unconnected_gradients=_ZERO)
+        def moments_from(output_gradients: list) -> tuple[dict, dict]:
             found, factors = {}, {}
-            for layer, a, delta in zip(probed, inputs, deltas, strict=True):
+            for layer, a, delta in zip(probed, inputs, output_gradients, strict=True):
                 rule = rules[id(layer)]
                 for role, m in rule.moments(layer, a, delta).items():
                     found[(id(layer), role)] = m
@@ -576,79 +669,100 @@ def _build_plan(
             return found, factors
 
         def squares_at(objective: tf.Tensor) -> dict:
-            found, factors = moments_at(objective)
+            output_gradients = tape.gradient(objective, taped, unconnected_gradients=_ZERO)
+            found, factors = moments_from(_zero_rows(output_gradients, bad))
             return {**{k: m.sumsq for k, m in found.items()}, **factors}
 
-        moments, factors = moments_at(total)
+        moments, factors = moments_from(deltas)
         curvature = chained_squares(objectives, squares_at)
         kron_values = []
         for layer, a in zip(probed, inputs, strict=True):
             if layer not in kron_layers:
                 continue
             a = tf.cast(tf.nest.flatten(a)[0], tf.float32)
-            kron_values.append(  # weights: 0/1 of padded examples
-                rules[id(layer)].kronecker_inputs(layer, a, calls[id(layer)][1], weights)
+            kron_values.append(  # kept: 0 for padded and non-finite examples
+                rules[id(layer)].kronecker_inputs(layer, a, zs[probed.index(layer)], kept)
             )
             kron_values.append(factors[(id(layer), "kronecker")])
             if want_curvature:
                 kron_values.append(curvature[(id(layer), "kronecker")])
         for layer in act_layers:  # layer-level values: Kronecker factors, then zero counts
-            kron_values += _zero_counts(layer, calls[id(layer)][1], weights)
-        return moments, curvature, kron_values
+            kron_values += _zero_counts(layer, zs[probed.index(layer)], kept)
+        return moments, curvature, kron_values, bad
+
+    generic_variables = [t.variable for t in generic]
+    vectorizable = not any(_grouped_conv(t.layer) for t in generic)
+
+    def per_example_gradients(
+        x: Any, labels: Any, scale: tf.Tensor | None = None
+    ) -> tuple[tf.Tensor, list]:
+        """Per-example losses ``[B]`` and gradients ``[B, *shape]`` of the generic weights."""
+
+        def one(args: tuple) -> tuple[tf.Tensor, list[tf.Tensor]]:
+            with tf.GradientTape() as tape:
+                value = tf.reduce_sum(per_example_loss(_expand(args[1]), forward(_expand(args[0]))))
+                if scale is not None:
+                    value = value * args[2]
+            return value, tape.gradient(value, generic_variables, unconnected_gradients=_ZERO)
+
+        elems = (x, labels) if scale is None else (x, labels, scale)
+        if recurrent or not vectorizable:
+            signature = (
+                tf.TensorSpec([], tf.float32),
+                [tf.TensorSpec(v.shape, v.dtype) for v in generic_variables],
+            )
+
+            def one_of_map(args: tuple) -> tuple[tf.Tensor, list[tf.Tensor]]:
+                value, grads = one(args)
+                return tf.cast(value, tf.float32), [tf.convert_to_tensor(g) for g in grads]
+
+            return tf.map_fn(one_of_map, elems, fn_output_signature=signature)
+        return tf.vectorized_map(one, elems)
+
+    def generic_gradients(x: Any, y: Any, weights: tf.Tensor | None) -> tuple[list, tf.Tensor]:
+        """The generic weights' per-example gradients and the non-finite examples."""
+        values, grads = per_example_gradients(x, y, weights)
+        bad = _nonfinite_rows(values)
+        for g in grads:
+            bad |= _nonfinite_rows(g)
+        return grads, bad
 
     def generic_values(
-        x: Any, y: Any, weights: tf.Tensor | None, seed_pair: tf.Tensor
+        grads: list, bad: tf.Tensor, x: Any, weights: tf.Tensor | None, seed_pair: tf.Tensor
     ) -> tuple[list, list | None]:
-        variables = [t.variable for t in generic]
-        vectorizable = not any(_grouped_conv(t.layer) for t in generic)
-
-        def per_example_gradients(labels: Any, scale: tf.Tensor | None = None) -> list:
-            def one(args: tuple) -> list[tf.Tensor]:
-                with tf.GradientTape() as tape:
-                    value = tf.reduce_sum(
-                        per_example_loss(_expand(args[1]), forward(_expand(args[0])))
-                    )
-                    if scale is not None:
-                        value = value * args[2]
-                return tape.gradient(value, variables, unconnected_gradients=_ZERO)
-
-            elems = (x, labels) if scale is None else (x, labels, scale)
-            if recurrent or not vectorizable:
-                signature = [tf.TensorSpec(v.shape, v.dtype) for v in variables]
-                return tf.map_fn(
-                    lambda args: [tf.convert_to_tensor(g) for g in one(args)],
-                    elems,
-                    fn_output_signature=signature,
-                )
-            return tf.vectorized_map(one, elems)
+        def per_example(labels: Any, scale: tf.Tensor | None = None) -> list:
+            return _zero_rows(per_example_gradients(x, labels, scale)[1], bad)
 
         def squares(grads: list) -> dict:
             return {i: tf.reduce_sum(tf.square(g), 0) for i, g in enumerate(grads)}
 
-        moments = [moments_of(g) for g in per_example_gradients(y, weights)]
+        moments = [moments_of(g) for g in _zero_rows(grads, bad)]
         curvature = None
         if hessian == "ggn":
-            y_sampled = per_example_loss.sample_labels(forward(x), seed_pair)
-            curvature = squares(per_example_gradients(y_sampled, weights))
+            y_sampled = per_example_loss.sample_labels(_finite_rows(forward(x)), seed_pair)
+            curvature = squares(per_example(y_sampled, weights))
         elif hessian == "ggn_exact":
             pairs = per_example_loss.label_distribution(forward(x))
             curvature = chained_squares(
                 pairs,
-                lambda pair: squares(
-                    per_example_gradients(pair[0], _times(tf.sqrt(pair[1]), weights))
-                ),
+                lambda pair: squares(per_example(pair[0], _times(tf.sqrt(pair[1]), weights))),
             )
         return moments, curvature
 
-    def replica_step(x: Any, y: Any, weights: tf.Tensor | None, seed_pair: tf.Tensor) -> None:
+    def replica_step(x: Any, y: Any, weights: tf.Tensor | None, seed_pair: tf.Tensor) -> tf.Tensor:
+        """Add one chunk; return ``[examples]`` bool, the non-finite ones (padding dropped)."""
         if strategy.num_replicas_in_sync > 1:
             replica = tf.distribute.get_replica_context().replica_id_in_sync_group
             seed_pair = tf.random.experimental.stateless_fold_in(seed_pair, replica)
-        moments, curvature, kron_values = (
-            closed_form_values(x, y, weights, seed_pair) if probed else ({}, None, [])
-        )
+        bad = tf.zeros(tf.shape(tf.nest.flatten(x)[0])[:1], tf.bool)
+        grads = None
+        if generic:
+            grads, bad = generic_gradients(x, y, weights)
+        moments, curvature, kron_values = {}, None, []
+        if probed:
+            moments, curvature, kron_values, bad = closed_form_values(x, y, weights, seed_pair, bad)
         generic_moments, generic_curvature = (
-            generic_values(x, y, weights, seed_pair) if generic else ([], None)
+            generic_values(grads, bad, x, weights, seed_pair) if generic else ([], None)
         )
         values, g_index = [], 0
         for t in targets:
@@ -661,13 +775,15 @@ def _build_plan(
                 g_index += 1
             values += [m.sum, m.sumsq] + ([c] if want_curvature else [])
         values += kron_values
-        count = tf.shape(tf.nest.flatten(x)[0])[0] if weights is None else tf.reduce_sum(weights)
-        values.append(count)
+        real = _times(tf.ones_like(bad, tf.float32), weights)  # 0: padding of a replica
+        dropped = real * tf.cast(bad, tf.float32)
+        values += [tf.reduce_sum(real - dropped), tf.reduce_sum(dropped)]
         accumulators.add(values)
+        return tf.boolean_mask(bad, real > 0)
 
     @tf.function(reduce_retracing=True)
-    def step(x: Any, y: Any, weights: Any, seed_pair: tf.Tensor) -> None:
-        strategy.run(replica_step, args=(x, y, weights, seed_pair))
+    def step(x: Any, y: Any, weights: Any, seed_pair: tf.Tensor) -> Any:
+        return strategy.run(replica_step, args=(x, y, weights, seed_pair))
 
     floats_by_spec: dict[Any, int] = {}
 
@@ -728,6 +844,7 @@ def collect_statistics(
     activations: bool = False,
     seed: int = 0,
     verbose: int = 1,
+    skip_nonfinite: bool = False,
 ) -> CollectedStatistics:
     """Per-example gradient moments of ``weights`` over ``data``.
 
@@ -758,6 +875,10 @@ def collect_statistics(
         :mod:`tfstatprune.stats.activations`).
       seed: seed for the sampled labels of the GGN estimate.
       verbose: 1 shows a progress bar, 0 is silent.
+      skip_nonfinite: leave out the examples whose loss or per-example
+        gradients are NaN/Inf (or overflow float32), with a
+        ``SkippedExamplesWarning`` saying how many; by default they are an
+        error (see the module docstring).
 
     Returns:
       :class:`CollectedStatistics`; under a ``tf.distribute`` strategy (the one
@@ -765,8 +886,16 @@ def collect_statistics(
       examples, the same on every worker.
 
     Raises:
-      ValueError: empty data, data not fitting the model, a loss without
+      ValueError: empty data, data not fitting the model, labels not fitting
+        the model's output and the loss (class indices out of range, one-hot
+        labels with a sparse cross-entropy or the reverse), a loss without
         per-example values, an unknown ``hessian``.
+      NonFiniteDataError: (a ``ValueError``) examples with a non-finite loss
+        or gradient, unless ``skip_nonfinite=True``.
+      TypeError: inputs of a dtype the model cannot take (strings).
+
+    Warns:
+      NoSignalWarning: some layers' per-example gradients were all 0.
     """
     if hessian is None:
         hessian = "fisher"
@@ -805,6 +934,7 @@ def collect_statistics(
     input_rank = len(model.input_shape) if isinstance(model.input_shape, tuple) else None
     x_spec = _example_spec(data, input_rank)
     _check_input_shape(model, x_spec)
+    check_input_dtype(model, x_spec)
     targets = plan.targets
     progbar = keras.utils.Progbar(None, verbose=verbose, unit_name="example")
     with strategy.scope(), _patched_calls(plan.hooked, plan.probed, plan.rec):
@@ -815,14 +945,29 @@ def collect_statistics(
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         plan.accumulators.reset()
+        seen, flags = 0, []
         for index, (x, y) in enumerate(_iter_chunks(data, batch_size, max_examples, input_rank)):
             if index == 0:
                 _check_input_shape(model, x)
+            check_labels(per_example_loss.kind, model, y, seen, first=index == 0)
             n = _first_dim(x)
-            plan.step(*distribute_chunk(strategy, x, y, n), tf.constant([seed, index], tf.int64))
+            bad = plan.step(
+                *distribute_chunk(strategy, x, y, n), tf.constant([seed, index], tf.int64)
+            )
+            flags.append((seen, strategy.experimental_local_results(bad)))
+            seen += n
             progbar.add(n)
         totals = plan.accumulators.totals()
-    count = int(round(float(totals[-1])))
+    count, skipped = (int(round(float(t))) for t in totals[-2:])
+    if skipped:
+        indices = [
+            offset + i
+            for offset, parts in flags
+            for i in np.flatnonzero(np.concatenate([np.asarray(p) for p in parts]))
+        ]
+        if not skip_nonfinite or count == 0:
+            raise nonfinite_error(skipped, count + skipped, indices)
+        warn_skipped(skipped, count + skipped, indices)
     if count == 0:
         raise ValueError("stats_data is empty: pass at least one (x, y) example")
     per_target = 3 if want_curvature else 2
@@ -836,7 +981,13 @@ def collect_statistics(
             sums[1],
             sums[2] if want_curvature else None,
             _regularizer_curvature(t),
+            rounding=chunk_rounding(batch_size),
         )
+    _check_finite_totals(result)
+    warn_no_signal(
+        {name: st.sumsq for name, st in result.items()},
+        {t.variable.name: t.layer.name for t in targets},
+    )
     offset = len(targets) * per_target
     per_layer = 3 if want_curvature else 2
     for k, layer in enumerate(plan.kron_layers):
@@ -868,4 +1019,18 @@ def collect_statistics(
         peak_bytes=int(batch_size * per_example * _BYTES_PER_FLOAT),
         generic=[key[t.variable] for t in targets if t.rule is None],
         seconds=time.perf_counter() - started,
+        skipped=skipped,
     )
+
+
+def _check_finite_totals(result: dict[str, WeightStatistics]) -> None:
+    """Sums that overflowed float32 although every example was finite: a clear error."""
+    for name, st in result.items():
+        parts = [st.sum, st.sumsq] + ([st.curvature] if st.curvature is not None else [])
+        if not all(np.isfinite(p).all() for p in parts):
+            raise ValueError(
+                f"the gradient statistics of {name} overflowed float32 although every "
+                "example's loss and gradients are finite: the per-example gradients are too "
+                "large to square and sum. Scale the inputs to a moderate range (or pass a "
+                "smaller batch_size=)"
+            )

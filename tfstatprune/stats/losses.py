@@ -54,6 +54,7 @@ class PerExampleLoss(NamedTuple):
     sample_labels: LabelSampler | None
     name: str
     label_distribution: LabelDistribution | None = None
+    kind: str | None = None  # the cross-entropy's canonical name, or None
 
     def __call__(self, y_true: Any, y_pred: tf.Tensor) -> tf.Tensor:
         values = self.fn(y_true, y_pred)
@@ -140,16 +141,18 @@ def resolve_loss(model: keras.Model, loss: Any = None) -> PerExampleLoss:
     """The per-example loss for ``model``: ``loss`` if given, else the compiled one.
 
     Raises:
-      ValueError: when there is no loss (model not compiled, none passed), or
-        the model has several outputs with several losses.
+      ValueError: when there is no loss (model not compiled, compiled with
+        ``loss=None``, none passed), or the model has several outputs with
+        several losses.
     """
     if loss is None:
         loss = getattr(model, "loss", None)
-        if loss is None:
-            raise ValueError(
-                "the statistics need a per-example loss: compile the model first "
-                "(model.compile(loss=...)) or pass loss=..."
-            )
+    if loss is None or (isinstance(loss, (dict, list, tuple)) and not loss):
+        raise ValueError(
+            "the statistics need a per-example loss, and the model has none (not "
+            "compiled, or compiled with loss=None): compile the model with "
+            "model.compile(loss=...) or pass loss=... here"
+        )
     if isinstance(loss, (dict, list, tuple)):
         raise ValueError(
             "models with several losses are not supported: pass one loss=... "
@@ -172,4 +175,6 @@ def resolve_loss(model: keras.Model, loss: Any = None) -> PerExampleLoss:
     kind = _CE_KINDS.get(name) or _CE_KINDS.get(getattr(fn, "__name__", ""))
     if kind is None:
         return PerExampleLoss(fn, None, name)
-    return PerExampleLoss(fn, _sampler(kind, from_logits), name, _distribution(kind, from_logits))
+    return PerExampleLoss(
+        fn, _sampler(kind, from_logits), name, _distribution(kind, from_logits), kind
+    )

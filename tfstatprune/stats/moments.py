@@ -17,7 +17,17 @@ function of
 
 Per chunk the sums are float32 on the device; chunks are added in float64 (on
 the device by the collector, or with :meth:`WeightStatistics.merge`), which
-keeps the variance ``sumsq / n - (sum / n) ** 2`` accurate to float64 round-off over the chunks.
+keeps the chunks' sums accurate to float64 round-off. The per-chunk float32
+sums are not: a sum of b float32 terms carries a relative error up to
+``b * u`` (``u = 2**-24``), so ``sumsq / n - (sum / n) ** 2`` is off by up to
+``3 * b * u * sumsq / n`` (by Cauchy-Schwarz ``|sum| * sum|s| <= n sumsq``).
+Measured: 256 copies of one example in one chunk left residues up to
+1.0e-5 x ``sumsq / n`` (Wald scores up to 2e6 instead of 0), 2000 copies
+4e-5. The collector records that bound as ``rounding`` and
+:attr:`WeightStatistics.variance` counts a variance below
+``max(VARIANCE_RTOL, rounding) x sumsq / n`` as 0: the data cannot tell it
+from 0. A variance needs at least ``MIN_EXAMPLES = 2`` examples; asking for
+it with fewer is an error.
 The loss is a mean over examples in training, ``Q = (1/n) sum_i m_i``; the
 statistics are about the per-example m_i, so they do not depend on how the
 training loss was reduced.
@@ -29,7 +39,49 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["WeightStatistics"]
+__all__ = [
+    "MIN_EXAMPLES",
+    "VARIANCE_RTOL",
+    "WeightStatistics",
+    "chunk_rounding",
+    "require_examples",
+]
+
+# The fewest examples a variance (or a covariance factor) is defined for.
+MIN_EXAMPLES = 2
+# A variance below this fraction of the second moment counts as 0 even for
+# float64 sums (the floor under ``WeightStatistics.rounding``).
+VARIANCE_RTOL = 1e-6
+# Unit round-off of float32, the precision of the per-chunk sums.
+FLOAT32_ROUNDOFF = 2.0**-24
+
+
+def chunk_rounding(chunk_size: int) -> float:
+    """Bound on ``|error of sumsq/n - mean^2| / (sumsq/n)`` for float32 sums of chunks.
+
+    ``3 * b * u`` for chunks of ``b`` examples (module docstring).
+
+    >>> chunk_rounding(256)
+    4.57763671875e-05
+    """
+    return 3.0 * max(int(chunk_size), 1) * FLOAT32_ROUNDOFF
+
+
+def require_examples(count: int, what: str) -> None:
+    """Raise a clear error when ``count`` examples are too few for ``what`` (a variance).
+
+    >>> require_examples(2, "the Wald criterion")
+    >>> require_examples(1, "the Wald criterion")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: the Wald criterion needs at least 2 examples (...); stats_data gave 1: ...
+    """
+    if count < MIN_EXAMPLES:
+        raise ValueError(
+            f"{what} needs at least {MIN_EXAMPLES} examples (it uses the variance of the "
+            f"per-example gradients); stats_data gave {count}: pass more examples "
+            "(stats_data, max_examples)"
+        )
 
 
 class WeightStatistics(NamedTuple):
@@ -42,6 +94,7 @@ class WeightStatistics(NamedTuple):
     regularizer_curvature: np.ndarray | float = 0.0
     kronecker: Any = None  # KroneckerFactors of the layer, on a Dense kernel when asked
     activations: Any = None  # ActivationStatistics of the layer, on its kernel when asked
+    rounding: float = 0.0  # relative rounding bound of the variance, see chunk_rounding
 
     @classmethod
     def zeros(cls, shape: tuple[int, ...], *, with_curvature: bool = False) -> WeightStatistics:
@@ -72,6 +125,7 @@ class WeightStatistics(NamedTuple):
             self.activations.merge(other.activations)
             if self.activations is not None and other.activations is not None
             else None,
+            max(self.rounding, other.rounding),
         )
 
     @property
@@ -86,8 +140,24 @@ class WeightStatistics(NamedTuple):
 
     @property
     def variance(self) -> np.ndarray:
-        """Per-example gradient variance ``sumsq / n - mean ** 2`` (clipped at 0)."""
-        return np.maximum(self.second_moment - self.mean**2, 0.0)
+        """Per-example gradient variance ``sumsq / n - mean ** 2``, round-off set to 0.
+
+        A value below ``max(VARIANCE_RTOL, rounding) * sumsq / n`` (rounding of
+        the float32 chunk sums, see the module docstring) is 0, as is a
+        negative one.
+
+        >>> WeightStatistics(3, np.array([3.0, 3.0]), np.array([3.0000001, 3.00003])).variance
+        array([0.e+00, 1.e-05])
+
+        (First entry: ``1.00000003 - 1 = 3.3e-8``, below ``1e-6 x 1.0``: 0.)
+
+        Raises:
+          ValueError: fewer than ``MIN_EXAMPLES`` examples.
+        """
+        require_examples(self.count, "the per-example gradient variance")
+        second = self.second_moment
+        variance = second - self.mean**2
+        return np.where(variance > max(VARIANCE_RTOL, self.rounding) * second, variance, 0.0)
 
     @property
     def ggn(self) -> np.ndarray:
