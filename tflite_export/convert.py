@@ -17,6 +17,8 @@ from tflite_export import _data
 from tflite_export._table import kib, table
 from tflite_export.flatbuffer import Storage, WeightTensor, inspect_weights, read_tflite
 from tflite_export.runtime import RUNTIME_XNNPACK, load, predict
+from tflite_export.xnnpack import XnnpackCheck
+from tflite_export.xnnpack import check as check_xnnpack
 
 __all__ = [
     "ExportError",
@@ -156,6 +158,7 @@ class ExportReport:
       gzip_bytes: size after ``gzip -9`` (what an app download costs).
       weights: every weight tensor with its sparsity and storage.
       validation: the comparison with Keras (None when not validated).
+      xnnpack: which subgraph XNNPACK runs sparse (:mod:`tflite_export.xnnpack`).
     """
 
     path: Path
@@ -166,6 +169,7 @@ class ExportReport:
     gzip_bytes: int
     weights: tuple[WeightTensor, ...]
     validation: Validation | None
+    xnnpack: XnnpackCheck | None = None
 
     def count(self, storage: Storage) -> int:
         """Number of weight tensors with this storage."""
@@ -191,6 +195,8 @@ class ExportReport:
         ]
         parts = [header, table(("weight", "shape", "dtype", "sparsity", "storage"), rows)]
         parts.append(f"  {self.validation}" if self.validation else "  not validated")
+        if self.xnnpack is not None:
+            parts.append(f"  {self.xnnpack}")
         return "\n".join(parts)
 
 
@@ -297,6 +303,7 @@ def export(
         gzip_bytes=len(gzip.compress(content, compresslevel=_GZIP_LEVEL)),
         weights=weights,
         validation=checked,
+        xnnpack=check_xnnpack(content),
     )
     if verbose:
         print(report)
