@@ -103,7 +103,11 @@ class XnnpackCheck:
             return f"XNNPACK sparse inference: none ({self.reason})"
         lines = []
         for s in self.subgraphs:
-            verdict = "runs sparse" if s.sparse else f"runs dense: {s.problem}"
+            verdict = (
+                "runs sparse (on ARM; XNNPACK runs dense on x86 CPUs with AVX)"
+                if s.sparse
+                else f"runs dense: {s.problem}"
+            )
             lines.append(
                 f"XNNPACK sparse inference: ops #{s.first_op}..#{s.last_op} ({s.operators} ops, "
                 f"{s.pointwise} 1x1 convolutions, {s.zero_share:.1%} of their weights zero, "

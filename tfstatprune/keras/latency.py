@@ -144,10 +144,10 @@ def latency_policy(model: keras.Model, *, repad: bool = True) -> LatencyPolicy:
     repadded: list[str] = []
     if repad:
         model, repadded = _repad(model)
-    return LatencyPolicy(model, pointwise_layers(model), repadded)
+    return LatencyPolicy(model, _eligible_pointwise(model), repadded)
 
 
-def pointwise_layers(model: keras.Model) -> list[str]:
+def _eligible_pointwise(model: keras.Model) -> list[str]:
     """The 1x1 Conv2D layers whose zeros XNNPACK's sparse inference exploits.
 
     Prune exactly these (``layers=latency_policy(model).layers``) to more than
