@@ -26,6 +26,8 @@ from tflite_export.micro import (
     micro_runtime,
 )
 from tflite_export.runtime import RUNTIME_XNNPACK, load, predict
+from tflite_export.xnnpack import XnnpackCheck
+from tflite_export.xnnpack import check as check_xnnpack
 
 __all__ = [
     "ExportError",
@@ -174,6 +176,7 @@ class ExportReport:
       c_array: the ``.cc`` file holding the model as a C array (None: not asked).
       micro: TFLM's run of the model (arena, outputs vs Keras), when checked.
       micro_note: why TFLM was not run (``tflite-micro`` not installed).
+      xnnpack: which subgraph XNNPACK runs sparse (:mod:`tflite_export.xnnpack`).
     """
 
     path: Path
@@ -190,6 +193,7 @@ class ExportReport:
     c_array: Path | None = None
     micro: MicroCheck | None = None
     micro_note: str | None = None
+    xnnpack: XnnpackCheck | None = None
 
     def count(self, storage: Storage) -> int:
         """Number of weight tensors with this storage."""
@@ -233,6 +237,8 @@ class ExportReport:
             parts.append(
                 f"  {self.micro}" if self.micro else f"  not run with TFLM: {self.micro_note}"
             )
+        if self.xnnpack is not None:
+            parts.append(f"  {self.xnnpack}")
         return "\n".join(parts)
 
 
@@ -381,6 +387,7 @@ def export(
             c_array=sources[0] if sources else None,
             micro=micro,
             micro_note=micro_note,
+            xnnpack=check_xnnpack(content),
         )
         if passed:
             texts = _c_texts(content, sources, micro)

@@ -51,6 +51,7 @@ from tfstatprune.keras import (
     sparsity_report,
     strip_pruning,
 )
+from tfstatprune.keras.latency import latency_policy
 from tfstatprune.masking import compute_masks
 from tfstatprune.schedules import IterativeSparsity, OneShotSparsity
 from tfstatprune.shrink import shrink
@@ -74,6 +75,7 @@ __all__ = [
     "copy_model",
     "criteria",
     "get_criterion",
+    "latency_policy",
     "load_model",
     "masking",
     "prune_by_threshold",
