@@ -388,17 +388,27 @@ def _prune_copy(
             step=step,
             verbose=verbose,
         )
+        previous = masks
         masks = decide_masks(
-            units, result.scores, level, scope=scope, previous=masks, keep_per_column=protect
+            units, result.scores, level, scope=scope, previous=previous, keep_per_column=protect
         )
         if graph is not None:  # pruned units also kill the input rows that read them
             masks, rows = follow_dead_units(graph, [u.layer.name for u in units], masks)
             for name, dead in rows.items():
                 kernel = graph.layers[name].kernel
                 kernel.assign(zero_rows(kernel.numpy(), dead))
-        for name, value in restricted_updates(
-            units, crit, result.statistics, masks, options, reference=dense
-        ).items():
+        updates = restricted_updates(
+            units,
+            crit,
+            result.statistics,
+            masks,
+            options,
+            reference=dense,
+            previous=previous,
+            keep_per_column=protect,
+        )
+        masks = updates.masks
+        for name, value in updates.values.items():
             by_name[name].assign(np.asarray(value, by_name[name].dtype.as_numpy_dtype))
         for name, mask in masks.items():
             target = by_name[name]

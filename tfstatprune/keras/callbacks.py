@@ -194,9 +194,12 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
                 result.statistics,
                 masks,
                 first.criterion_options,
+                previous=previous,
+                keep_per_column=protect,
             )
+            masks = updates.masks
             variables = {v.name: v for w in wrappers for v in w.layer.weights}
-            for name, value in updates.items():
+            for name, value in updates.values.items():
                 variables[name].assign(np.asarray(value, variables[name].dtype.as_numpy_dtype))
             for wrapper in wrappers:
                 wrapper.set_masks(masks, step)
