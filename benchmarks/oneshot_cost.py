@@ -19,6 +19,11 @@ labels for the random-init ``keras.applications`` models, ``weights=None``):
   replaces) on models where that finishes.
 
 Peak memory is the process's maximum resident set (``ru_maxrss``).
+
+``--layer RxO`` (e.g. ``4608x512``, a 3x3x512 convolution) times the solver
+alone on one synthetic layer at ``--sparsity``: the blocked solver on the whole
+layer, and the per-unit restricted estimator on ``PER_UNIT_SAMPLE`` output
+units, extrapolated to all ``O`` (it is linear in them).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ import numpy as np
 MODELS = ("lenet_300_100", "mobilenetv2", "resnet50", "densenet121")
 PER_UNIT_MODELS = ("lenet_300_100",)  # the per-unit estimator finishes in minutes here
 CHUNK = 64
+PER_UNIT_SAMPLE = 4
 
 
 def _build(name: str) -> tuple[Any, np.ndarray, np.ndarray]:
@@ -117,6 +123,33 @@ def measure(name: str, examples: int, sparsity: float) -> dict[str, Any]:
     return row
 
 
+def solver_layer(shape: str, sparsity: float) -> dict[str, Any]:
+    """Seconds of the blocked solver and of the per-unit estimator on one ``RxO`` layer."""
+    from tfstatprune.criteria.block import restricted_update
+    from tfstatprune.criteria.solver import solve_layer
+    from tfstatprune.stats.kronecker import KroneckerFactors
+
+    rows, columns = (int(v) for v in shape.split("x"))
+    rng = np.random.default_rng(0)
+    b = rng.normal(size=(rows, rows // 4))
+    a = b @ b.T / rows + 0.1 * np.eye(rows)
+    theta = rng.normal(size=(rows, columns))
+    keep = np.abs(theta) >= np.quantile(np.abs(theta), sparsity)
+    blocked = _seconds(lambda: solve_layer(theta, a, keep, layer=shape))
+    factors = KroneckerFactors(1, a, np.eye(columns), None, has_bias=False)
+    sample = keep[:, :PER_UNIT_SAMPLE]
+    per_unit = _seconds(
+        lambda: restricted_update(theta[:, :PER_UNIT_SAMPLE], None, factors, sample, damping=0)
+    )
+    return dict(
+        layer=shape,
+        sparsity=sparsity,
+        blocked_s=blocked,
+        per_unit_s=per_unit * columns / PER_UNIT_SAMPLE,
+        peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    )
+
+
 def table(rows: list[dict[str, Any]], sparsity: float) -> str:
     lines = [
         "| model | kernel weights | plain pass (s) | statistics (s) | stats / plain | "
@@ -141,8 +174,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--examples", type=int, default=512)
     parser.add_argument("--sparsity", type=float, default=0.5)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--layer", default=None, help="time the solver on one RxO layer")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # the subprocess
     args = parser.parse_args(argv)
+    if args.layer:
+        print(json.dumps(solver_layer(args.layer, args.sparsity)))
+        return
     if args.one:
         print(json.dumps(measure(args.one, args.examples, args.sparsity)))
         return

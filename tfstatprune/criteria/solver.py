@@ -36,6 +36,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+import scipy.linalg
 
 __all__ = [
     "DEFAULT_BLOCK_SIZE",
@@ -52,6 +53,7 @@ __all__ = [
 DEFAULT_BLOCK_SIZE = 128
 DEFAULT_MEMORY_BUDGET_MB = 2048
 OBC_MAX_INPUTS = 1024
+OBC_WORKING_SET_MB = 256
 _MB = 2**20
 _BYTES = 8  # float64
 _MATRICES_PER_LAYER = 3  # A, A^-1 and its Cholesky factor
@@ -88,10 +90,10 @@ def inverse_cholesky(a: np.ndarray, layer: str = "") -> np.ndarray:
       ValueError: ``A`` is not positive definite (naming the layer and the fix).
     """
     try:
-        lower = np.linalg.cholesky(a)
-        eye = np.eye(len(a))
-        inverse = np.linalg.solve(lower.T, np.linalg.solve(lower, eye))
-        return np.linalg.cholesky((inverse + inverse.T) / 2).T
+        lower = scipy.linalg.cholesky(a, lower=True)
+        lower_inv = scipy.linalg.solve_triangular(lower, np.eye(len(a)), lower=True)
+        inverse = lower_inv.T @ lower_inv  # A^-1 = L^-T L^-1
+        return scipy.linalg.cholesky(inverse, lower=False)
     except np.linalg.LinAlgError:
         raise ValueError(
             f"layer {layer!r}: the input second moment is not positive definite; "
@@ -289,7 +291,8 @@ def obc_prune(
     v = np.linalg.inv(a)
     protected = _protected(theta**2 / np.diag(v)[:, None], keep, choosable, min_keep)
     new_keep = keep | choosable
-    chunk = max(1, int(memory_budget_mb * _MB / (2 * _BYTES * rows * rows)))
+    working = min(memory_budget_mb, OBC_WORKING_SET_MB)  # the inverses of a batch of columns
+    chunk = max(1, int(working * _MB / (2 * _BYTES * rows * rows)))
     forced = ~keep & ~choosable
     counts = (~keep & choosable).sum(0)
     for start in range(0, columns, chunk):
