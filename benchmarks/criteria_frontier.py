@@ -42,6 +42,9 @@ CRITERIA = {
     "obd": ("obd", {}),
     "wald (fisher)": ("wald", {"hessian": "fisher"}),
     "wald (ggn)": ("wald", {"hessian": "ggn"}),
+    "wanda": ("wanda", {}),
+    "sparsegpt": ("sparsegpt", {"substeps": 1}),  # one shot, as published
+    "obc": ("obc", {"substeps": 1}),
     "obs": ("obs", {}),
     "wald_block": ("wald_block", {}),
 }

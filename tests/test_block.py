@@ -199,8 +199,13 @@ def test_block_criteria_need_dense_kernels_and_keep_every_class(tiny_mlp_data):
     )
     grouped.compile(loss="mse")
     data = (np.zeros((4, 5, 5, 2), np.float32), np.zeros((4, 2), np.float32))
+    # a grouped conv has no Kronecker factors: the pure criterion refuses it ...
     with pytest.raises(ValueError, match=r"Conv1D/Conv2D kernels \(groups=1\)"):
-        tsp.prune_once(grouped, data, 0.5, "obs", layers=["grouped"], verbose=0)
+        get_criterion("obs")(grouped.get_layer("grouped").kernel.numpy(), None)
+    # ... and one-shot pruning scores it by the diagonal fallback ('obd') instead
+    pruned = tsp.prune_once(grouped, data, 0.5, "obs", layers=["grouped"], verbose=0)
+    kernel = pruned.get_layer("grouped").kernel.numpy()
+    assert (kernel == 0).sum() == kernel.size // 2
 
 
 def _softmax_cnn(seed=0, n=24):

@@ -3,12 +3,14 @@
 from tfstatprune.criteria import block as _block  # noqa: F401  (registers criteria)
 from tfstatprune.criteria import classic as _classic  # noqa: F401  (registers criteria)
 from tfstatprune.criteria import history as _history  # noqa: F401  (registers criteria)
+from tfstatprune.criteria import oneshot as _oneshot  # noqa: F401  (registers criteria)
 from tfstatprune.criteria import sensitivity as _sensitivity  # noqa: F401  (registers criteria)
 from tfstatprune.criteria import structured as _structured  # noqa: F401  (registers criteria)
 from tfstatprune.criteria import taylor as _taylor  # noqa: F401  (registers criteria)
 from tfstatprune.criteria.block import obs, wald_block
 from tfstatprune.criteria.classic import magnitude, obd, random
 from tfstatprune.criteria.history import n2ps, weight_updates
+from tfstatprune.criteria.oneshot import obc, sparsegpt, wanda
 from tfstatprune.criteria.registry import (
     Criterion,
     available_criteria,
@@ -29,14 +31,17 @@ __all__ = [
     "get_criterion",
     "magnitude",
     "n2ps",
+    "obc",
     "obs",
     "obd",
     "random",
     "register_criterion",
     "sensitivity",
+    "sparsegpt",
     "taylor",
     "wald",
     "wald_block",
     "wald_pvalues",
+    "wanda",
     "weight_updates",
 ]

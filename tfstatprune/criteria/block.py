@@ -39,29 +39,42 @@ at 0.2, 51 % / 93 % and 31 % / 81 % (magnitude: 14 % / 92 %, 8 % / 73 %).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from tfstatprune.criteria.registry import StatsRequest, register_criterion
+from tfstatprune.criteria.registry import StatsRequest, Update, register_criterion
+from tfstatprune.criteria.solver import (
+    DEFAULT_BLOCK_SIZE,
+    DEFAULT_MEMORY_BUDGET_MB,
+    Pruned,
+    check_memory,
+    solve_layer,
+)
 from tfstatprune.granularity import Grouping
 from tfstatprune.stats.kronecker import KroneckerFactors
 from tfstatprune.stats.moments import WeightStatistics, require_examples
 
 __all__ = [
     "DEFAULT_DAMPING",
+    "DEFAULT_EXACT_FLOPS",
     "DEFAULT_VARIANCE_FLOOR",
     "block_inverse_diagonals",
     "obs",
     "obs_scores",
+    "layer_update",
     "output_variance",
     "restricted_update",
+    "solver_update",
     "wald_block",
     "wald_block_scores",
 ]
 
 DEFAULT_DAMPING = 0.01
+# The per-unit estimator runs where it costs at most this many flops (a few seconds
+# on a laptop core); above, the blocked solver.
+DEFAULT_EXACT_FLOPS = 5e10
 DEFAULT_VARIANCE_FLOOR = 0.2
 
 
@@ -294,21 +307,128 @@ def _obs_request(options: Mapping[str, Any]) -> StatsRequest:
     return StatsRequest("fisher", kronecker=True)
 
 
-def _restricted(
+def solver_update(
     kernel: np.ndarray,
     bias: np.ndarray | None,
     stats: WeightStatistics,
     keep: np.ndarray,
     *,
+    choosable: np.ndarray | None = None,
+    min_keep: np.ndarray | None = None,
+    layer: str = "",
     damping: float = DEFAULT_DAMPING,
-    **options: Any,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    factors = _factors_of(kernel, stats, "restricted estimator")
+    block_size: int | None = DEFAULT_BLOCK_SIZE,
+    adaptive: bool = True,
+    memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
+    exact_flops: float = DEFAULT_EXACT_FLOPS,
+    column_weight: np.ndarray | float = 1.0,
+    sequential: bool = False,
+    uniform: bool = False,
+    name: str = "restricted estimator",
+) -> Update:
+    """The survivors of one layer re-fitted under the pruned set, and the final mask.
+
+    The exact restricted estimator per output unit (:func:`restricted_update`)
+    on the mask as given where it costs at most ``exact_flops`` (about
+    ``min(|P|, |F|)^3`` per distinct free set: small layers, high sparsity) or
+    ``block_size=None``; otherwise the blocked solver
+    (:func:`tfstatprune.criteria.solver.solve_layer`), one Cholesky factor per
+    layer, the mask chosen per block when ``adaptive``. One block covering the
+    layer gives the same mask and update as the exact estimator.
+    """
+    keep = np.asarray(keep, bool)
+    check_memory(keep.shape[0], keep.shape[1], memory_budget_mb, layer)
+    if block_size is None or _per_unit_flops(keep) <= exact_flops:
+        factors = _factors_of(kernel, stats, name)
+        matrix = _matrix(kernel)
+        if factors.has_bias and bias is None:
+            bias = np.zeros(matrix.shape[1])
+        new_kernel, new_bias = restricted_update(matrix, bias, factors, keep, damping=damping)
+        return Update(new_kernel.reshape(np.shape(kernel)), new_bias, keep)
+
+    def solve(theta: np.ndarray, a: np.ndarray) -> Pruned:
+        return solve_layer(
+            theta,
+            a,
+            keep,
+            choosable=choosable if adaptive else np.zeros(keep.shape, bool),
+            column_weight=column_weight,
+            min_keep=min_keep,
+            block_size=block_size,
+            sequential=sequential,
+            uniform=uniform,
+            memory_budget_mb=memory_budget_mb,
+            layer=layer,
+        )
+
+    return layer_update(kernel, bias, stats, solve, damping=damping, name=name)
+
+
+def layer_update(
+    kernel: np.ndarray,
+    bias: np.ndarray | None,
+    stats: WeightStatistics,
+    solve: Callable[[np.ndarray, np.ndarray], Pruned],
+    *,
+    damping: float = DEFAULT_DAMPING,
+    name: str = "restricted estimator",
+) -> Update:
+    """``solve(theta, A)`` on the layer's ``[I(+1), O]`` block and damped ``A``, as an Update."""
+    factors = _factors_of(kernel, stats, name)
     matrix = _matrix(kernel)
     if factors.has_bias and bias is None:
         bias = np.zeros(matrix.shape[1])
-    new_kernel, new_bias = restricted_update(matrix, bias, factors, keep, damping=damping)
-    return new_kernel.reshape(np.shape(kernel)), new_bias
+    n = max(factors.count, 1)
+    solved = solve(
+        _augment(matrix, bias if factors.has_bias else None), _damped(factors.inputs / n, damping)
+    )
+    rows = matrix.shape[0]
+    new_bias = solved.theta[rows] if factors.has_bias else None
+    return Update(solved.theta[:rows].reshape(np.shape(kernel)), new_bias, solved.keep)
+
+
+def _per_unit_flops(keep: np.ndarray) -> float:
+    """Work of :func:`restricted_update` on ``keep``, in flops (the cheaper form per free set)."""
+    total = 0.0
+    for columns in _column_patterns(keep):
+        f = float(keep[:, columns[0]].sum())
+        p = len(keep) - f
+        total += p**3 + f * p * p if 2 * p < f else f**3
+    return total
+
+
+def _wald_block_update(
+    kernel: np.ndarray,
+    bias: np.ndarray | None,
+    stats: WeightStatistics,
+    keep: np.ndarray,
+    *,
+    hessian: str = "ggn_exact",
+    damping: float = DEFAULT_DAMPING,
+    variance_floor: float = DEFAULT_VARIANCE_FLOOR,
+    output_damping: float | None = None,
+    **options: Any,
+) -> Update:
+    """:func:`solver_update` with each column's score weighted by ``n / M_jj`` (the Wald form)."""
+    factors = _factors_of(kernel, stats, "wald_block")
+    _, m = output_variance(
+        factors, damping=damping, variance_floor=variance_floor, output_damping=output_damping
+    )
+    with np.errstate(divide="ignore"):
+        weight = np.where(m > 0, max(factors.count, 1) / m, np.inf)
+    return solver_update(
+        kernel, bias, stats, keep, damping=damping, column_weight=weight, **options
+    )
+
+
+def _obs_update(
+    kernel: np.ndarray,
+    bias: np.ndarray | None,
+    stats: WeightStatistics,
+    keep: np.ndarray,
+    **options: Any,
+) -> Update:
+    return solver_update(kernel, bias, stats, keep, column_weight=0.5, name="obs", **options)
 
 
 def _wald_block_group(
@@ -320,6 +440,7 @@ def _wald_block_group(
     damping: float = DEFAULT_DAMPING,
     variance_floor: float = DEFAULT_VARIANCE_FLOOR,
     output_damping: float | None = None,
+    **solver_options: Any,
 ) -> np.ndarray:
     """``W_g = n theta_g^T Avar_gg^-1 theta_g`` with ``Avar = A^-1 (x) M`` (chi-square, |g| df).
 
@@ -371,7 +492,11 @@ def _wald_block_group(
 
 
 @register_criterion(
-    "wald_block", statistics=_block_request, group=_wald_block_group, update=_restricted
+    "wald_block",
+    statistics=_block_request,
+    group=_wald_block_group,
+    update=_wald_block_update,
+    fallback="wald",
 )
 def wald_block(
     theta: np.ndarray,
@@ -381,6 +506,10 @@ def wald_block(
     damping: float = DEFAULT_DAMPING,
     variance_floor: float = DEFAULT_VARIANCE_FLOOR,
     output_damping: float | None = None,
+    block_size: int | None = DEFAULT_BLOCK_SIZE,
+    adaptive: bool = True,
+    memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
+    exact_flops: float = DEFAULT_EXACT_FLOPS,
 ) -> np.ndarray:
     """Block Wald statistic ``W_ij = n theta_ij^2 / ([A_FF^-1]_ii M_jj)`` (module docstring).
 
@@ -389,7 +518,13 @@ def wald_block(
     softmax cross-entropy by default, ``hessian="ggn"`` samples one label per
     example), ``B_S`` that of the score covariance; F the weights not yet
     pruned. With ``H = Sigma`` this is ``2n`` times the OBS saliency. After
-    masking, the survivors move to the restricted estimator (OBS update).
+    masking, the blocked solver (:mod:`tfstatprune.criteria.solver`) settles
+    the mask per block of ``block_size`` input rows on the updated weights
+    (``adaptive``), the score weighted by ``n / M_jj``, and moves the survivors
+    to the restricted estimator (OBS update); where solving per output unit
+    exactly costs at most ``exact_flops`` (or ``block_size=None``) that is done
+    instead, on the mask as decided. ``memory_budget_mb`` bounds one
+    layer's factors. A layer without Kronecker factors is scored by ``"wald"``.
     Dense kernels, and Conv kernels as ``[K * C_in, C_out]`` matrices with
     KFC factors (:class:`tfstatprune.stats.rules.conv.ConvRule`).
 
@@ -415,9 +550,16 @@ def wald_block(
     return w[: matrix.shape[0]].reshape(np.shape(theta))
 
 
-@register_criterion("obs", statistics=_obs_request, update=_restricted)
+@register_criterion("obs", statistics=_obs_request, update=_obs_update, fallback="obd")
 def obs(
-    theta: np.ndarray, stats: WeightStatistics, *, damping: float = DEFAULT_DAMPING
+    theta: np.ndarray,
+    stats: WeightStatistics,
+    *,
+    damping: float = DEFAULT_DAMPING,
+    block_size: int | None = DEFAULT_BLOCK_SIZE,
+    adaptive: bool = True,
+    memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
+    exact_flops: float = DEFAULT_EXACT_FLOPS,
 ) -> np.ndarray:
     """Optimal Brain Surgeon, layer-wise: ``L_q = theta_q^2 / (2 [H^-1]_qq)``, ``H = A_FF``.
 
@@ -425,7 +567,10 @@ def obs(
     the compensation ``dw = -theta_q / [H^-1]_qq H^-1 e_q`` applied after
     pruning), with the Hessian of the layer's output reconstruction error, the
     input second moment ``A = E[a~ a~^T]`` per output unit (Dong et al. 2017).
-    Dense and Conv kernels (a Conv filter is a unit over its patches).
+    Dense and Conv kernels (a Conv filter is a unit over its patches). The
+    update and the options ``block_size``, ``adaptive``, ``memory_budget_mb``,
+    ``exact_flops`` are those of ``wald_block`` (the blocked solver); a layer without
+    Kronecker factors is scored by ``"obd"``.
 
     >>> from tfstatprune.stats import WeightStatistics
     >>> from tfstatprune.stats.kronecker import KroneckerFactors

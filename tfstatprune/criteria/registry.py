@@ -25,11 +25,12 @@ __all__ = [
     "register_criterion",
     "HESSIAN_OPTION",
     "StatsRequest",
+    "Update",
 ]
 
 CriterionFn = Callable[..., np.ndarray]
 GroupFn = Callable[..., np.ndarray]
-UpdateFn = Callable[..., tuple[np.ndarray, np.ndarray | None]]
+UpdateFn = Callable[..., "Update"]
 HESSIAN_OPTION = "hessian"
 
 
@@ -48,6 +49,21 @@ class StatsRequest(NamedTuple):
     loss: Any = None
     history: bool = False
     activations: bool = False  # zero counts of Dense/Conv activations (ActivationStatistics)
+
+
+class Update(NamedTuple):
+    """What a criterion's update returns for one layer.
+
+    Attributes:
+      kernel, bias: the new values (bias None when the layer has none).
+      keep: the ``[I(+1), O]`` mask the update settled on (True = kept): the
+        solver may choose, within the counts it was given, other entries than
+        the masking step did (adaptive mask selection).
+    """
+
+    kernel: np.ndarray
+    bias: np.ndarray | None
+    keep: np.ndarray
 
 
 def _needs_nothing(options: Mapping[str, Any]) -> str | None:
@@ -74,10 +90,16 @@ class Criterion(NamedTuple):
         (``sqrt`` of the sum of squared per-entry scores: a group L2 norm), or
         a function ``(thetas, stats, groupings, **options) -> [groups]``.
       update: optional weight update after pruning (the restricted estimator):
-        ``update(kernel, bias, stats, keep, **options) -> (kernel, bias)``,
-        ``keep`` the ``[I(+1), O]`` free set (bias row last when there is one).
+        ``update(kernel, bias, stats, keep, *, choosable, min_keep, layer,
+        **options) -> Update``, ``keep`` the decided ``[I(+1), O]`` mask (bias
+        row last when there is one), ``choosable`` the entries whose fate the
+        update may change within the mask's counts, ``min_keep`` entries each
+        column keeps, ``layer`` the layer's name (for errors).
       groups_only: the criterion scores whole units/filters only (``apoz``,
         ``bn_scale``): calling it on single weights is an error.
+      fallback: the registered criterion a layer without the statistics this
+        one needs (no Kronecker factors: Embedding, custom layers) is scored by
+        instead (``"wald"`` for ``"wald_block"``); None: such a layer is an error.
     """
 
     name: str
@@ -86,6 +108,7 @@ class Criterion(NamedTuple):
     group: str | GroupFn = "sum"
     update: UpdateFn | None = None
     groups_only: bool = False
+    fallback: str | None = None
 
     def request(self, options: Mapping[str, Any]) -> StatsRequest | None:
         """The statistics needed for ``options``, as a :class:`StatsRequest` (or None)."""
@@ -134,6 +157,7 @@ def register_criterion(
     group: str | GroupFn = "sum",
     update: UpdateFn | None = None,
     groups_only: bool = False,
+    fallback: str | None = None,
     overwrite: bool = False,
 ) -> Callable[[CriterionFn], CriterionFn]:
     """Decorator registering ``fn`` under ``name``.
@@ -147,6 +171,8 @@ def register_criterion(
       update: the weight update after pruning (see :class:`Criterion`).
       groups_only: ``fn`` is never called on single weights; ``group`` (a
         function) scores units/filters (see :class:`Criterion`).
+      fallback: the criterion for layers without this one's statistics
+        (see :class:`Criterion`).
       overwrite: replace an existing entry instead of raising.
     """
     if statistics is None:
@@ -162,7 +188,7 @@ def register_criterion(
     def decorate(fn: CriterionFn) -> CriterionFn:
         if name in _CRITERIA and not overwrite:
             raise ValueError(f"criterion {name!r} is already registered; pass overwrite=True")
-        _CRITERIA[name] = Criterion(name, fn, needs, group, update, groups_only)
+        _CRITERIA[name] = Criterion(name, fn, needs, group, update, groups_only, fallback)
         return fn
 
     return decorate

@@ -490,12 +490,13 @@ def _prune_copy(
             verbose=verbose,
             skip_nonfinite=skip_nonfinite,
         )
+        previous = masks
         masks = decide_masks(
             units,
             result.scores,
             level,
             scope=scope,
-            previous=masks,
+            previous=previous,
             keep_per_column=protect,
             m_by_n=sparsity_m_by_n,
         )
@@ -504,9 +505,19 @@ def _prune_copy(
             for name, dead in rows.items():
                 kernel = graph.layers[name].kernel
                 kernel.assign(zero_rows(kernel.numpy(), dead))
-        for name, value in restricted_updates(
-            units, crit, result.statistics, masks, options, reference=dense
-        ).items():
+        updates = restricted_updates(
+            units,
+            crit,
+            result.statistics,
+            masks,
+            options,
+            reference=dense,
+            previous=previous,
+            keep_per_column=protect,
+            adaptive=sparsity_m_by_n is None,
+        )
+        masks = updates.masks
+        for name, value in updates.values.items():
             by_name[name].assign(np.asarray(value, by_name[name].dtype.as_numpy_dtype))
         for name, mask in masks.items():
             target = by_name[name]

@@ -212,9 +212,13 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
                 result.statistics,
                 masks,
                 first.criterion_options,
+                previous=previous,
+                keep_per_column=protect,
+                adaptive=first.sparsity_m_by_n is None,
             )
+            masks = updates.masks
             variables = {k: v for w in wrappers for v, k in weight_keys(w.layer).items()}
-            for name, value in updates.items():
+            for name, value in updates.values.items():
                 variables[name].assign(np.asarray(value, variables[name].dtype.as_numpy_dtype))
             for wrapper in wrappers:
                 wrapper.set_masks(masks, step)

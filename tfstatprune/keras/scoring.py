@@ -41,6 +41,7 @@ from tfstatprune.stats.validation import check_finite_weights
 __all__ = [
     "MaskUnit",
     "ScoringResult",
+    "Updates",
     "decide_masks",
     "mask_units",
     "restricted_updates",
@@ -72,10 +73,12 @@ class MaskUnit(NamedTuple):
 
 
 class ScoringResult(NamedTuple):
-    """Scores by mask-unit key (per entry, or per group), and their statistics."""
+    """Scores by mask-unit key (per entry, or per group), their statistics, and the
+    layers scored by the criterion's diagonal fallback (no Kronecker factors)."""
 
     scores: dict[str, np.ndarray]
     statistics: CollectedStatistics | None
+    fallback_layers: tuple[str, ...] = ()
 
 
 def resolve_criterion(criterion: Any, options: Mapping[str, Any]) -> Criterion:
@@ -211,8 +214,12 @@ def score_units(
         BN_GAMMA_OPTION not in options
     )
     scores = {}
+    fell_back = []
     for index, unit in enumerate(units):
-        unit_options = dict(options)
+        unit_crit, unit_options = crit, dict(options)
+        if _without_factors(crit, needs, unit, statistics):
+            unit_crit, unit_options = _fallback(crit, {"hessian": needs.hessian, **options})
+            fell_back.append(unit.layer.name)
         if derive_seed:
             unit_options[SEED_OPTION] = [seed, step, index]
         if derive_gamma and unit.groupings is not None:
@@ -220,10 +227,42 @@ def score_units(
         thetas = [w.numpy() for w in unit.weights]
         stats = [statistics.weights[k] if statistics is not None else None for k in unit.names]
         if unit.groupings is None:
-            scores[unit.key] = crit(thetas[0], stats[0], **unit_options)
+            scores[unit.key] = unit_crit(thetas[0], stats[0], **unit_options)
         else:
-            scores[unit.key] = crit.group_scores(thetas, stats, unit.groupings, **unit_options)
-    return ScoringResult(scores, statistics)
+            scores[unit.key] = unit_crit.group_scores(thetas, stats, unit.groupings, **unit_options)
+    if fell_back and verbose:
+        layers = ", ".join(dict.fromkeys(fell_back))
+        print(
+            f"[tfstatprune] criterion {crit.name!r}: no Kronecker factors for layer(s) {layers}; "
+            f"scored them by {crit.fallback!r} (the diagonal form), without an update"
+        )
+    return ScoringResult(scores, statistics, tuple(sorted(set(fell_back))))
+
+
+def _without_factors(
+    crit: Criterion, needs: Any, unit: MaskUnit, statistics: CollectedStatistics | None
+) -> bool:
+    """True for a unit whose kernel lacks the Kronecker factors ``crit`` needs."""
+    if needs is None or not needs.kronecker or statistics is None:
+        return False
+    first = statistics.weights.get(unit.names[0])
+    return first is None or first.kronecker is None
+
+
+def _fallback(crit: Criterion, options: Mapping[str, Any]) -> tuple[Criterion, dict[str, Any]]:
+    """The criterion's diagonal fallback and the options it takes.
+
+    Raises:
+      ValueError: the criterion has no fallback.
+    """
+    if crit.fallback is None:
+        raise ValueError(
+            f"criterion {crit.name!r} needs Kronecker factors, which this layer lacks, and "
+            "has no fallback: prune only Dense/Conv layers with it (layers=[...])"
+        )
+    fallback = get_criterion(crit.fallback)
+    accepted = inspect.signature(fallback.fn).parameters
+    return fallback, {k: v for k, v in options.items() if k in accepted}
 
 
 def decide_masks(
@@ -314,6 +353,13 @@ def _protect_columns(scores: np.ndarray, count: int) -> np.ndarray:
     return protected
 
 
+class Updates(NamedTuple):
+    """What :func:`restricted_updates` returns: new values and the masks they go with."""
+
+    values: dict[str, np.ndarray]
+    masks: dict[str, np.ndarray]
+
+
 def restricted_updates(
     units: Sequence[MaskUnit],
     criterion: Criterion,
@@ -321,41 +367,71 @@ def restricted_updates(
     masks: Mapping[str, np.ndarray],
     options: Mapping[str, Any] | None = None,
     reference: Mapping[str, np.ndarray] | None = None,
-) -> dict[str, np.ndarray]:
+    *,
+    previous: Mapping[str, np.ndarray] | None = None,
+    keep_per_column: Mapping[str, int] | None = None,
+    adaptive: bool = True,
+) -> Updates:
     """New values (by weight key) of kernels and biases from the criterion's update.
 
-    For criteria with an ``update`` (the restricted estimator of ``wald_block``
-    and ``obs``) and layers with Kronecker statistics: the survivors of each
-    output unit are re-fitted under the new masks, starting from the
-    unrestricted estimate ``reference`` (by weight key; default: the current
-    values) -- in sub-steps, the dense weights, so that every step solves the
-    restricted problem for all weights pruned so far. Empty otherwise.
+    For criteria with an ``update`` (the solver of ``wald_block``, ``obs``,
+    ``sparsegpt``, ``obc``) and layers with Kronecker statistics: the
+    survivors of each output unit are re-fitted under the new masks, starting
+    from the unrestricted estimate ``reference`` (by weight key; default: the
+    current values) -- in sub-steps, the dense weights, so that every step
+    solves the restricted problem for all weights pruned so far. With
+    ``granularity="weight"`` the update may move a kernel's pruned entries
+    within the counts of ``masks`` (adaptive mask selection), never reviving
+    one pruned in ``previous`` and keeping ``keep_per_column`` entries per
+    output unit; the returned masks say where they ended. ``adaptive=False``
+    keeps the masks as given (an N:M pattern, say). Empty otherwise.
     """
     reference = reference or {}
+    values: dict[str, np.ndarray] = {}
+    new_masks = dict(masks)
     if criterion.update is None or statistics is None:
-        return {}
-    found: dict[str, np.ndarray] = {}
+        return Updates(values, new_masks)
     for unit in units:
         layer = unit.layer
         kernel = getattr(layer, "kernel", None)
         key = weight_keys(layer)
         kernel_key = key[kernel] if kernel is not None else None
         stats = statistics.weights.get(kernel_key) if kernel is not None else None
-        if stats is None or stats.kronecker is None or kernel_key in found:
+        if stats is None or stats.kronecker is None or kernel_key in values:
             continue
         bias = getattr(layer, "bias", None) if stats.kronecker.has_bias else None
         bias_key = None if bias is None else key[bias]
-        keep = np.asarray(masks.get(kernel_key, np.ones(kernel.shape)), bool)
-        keep = keep.reshape(-1, keep.shape[-1])  # a Conv kernel as [K * C_in, C_out]
+        kernel_keep = np.asarray(masks.get(kernel_key, np.ones(kernel.shape)), bool)
+        keep = kernel_keep.reshape(-1, kernel_keep.shape[-1])  # a Conv kernel as [K * C_in, C_out]
+        choosable = np.zeros(keep.shape, bool)
+        if adaptive and unit.groupings is None and unit.weights[0] is kernel:  # elementwise
+            before = (previous or {}).get(kernel_key)
+            choosable = (
+                np.ones(keep.shape, bool)
+                if before is None
+                else np.asarray(before, bool).reshape(keep.shape)
+            )
         if bias is not None:
             bias_keep = np.asarray(masks.get(bias_key, np.ones(bias.shape)), bool)
             keep = np.vstack([keep, bias_keep[None, :]])
+            choosable = np.vstack([choosable, np.zeros((1, keep.shape[1]), bool)])
+        count = (keep_per_column or {}).get(kernel_key, 0)
         kernel_value = reference.get(kernel_key, kernel.numpy())
         bias_value = None if bias is None else reference.get(bias_key, bias.numpy())
-        new_kernel, new_bias = criterion.update(
-            kernel_value, bias_value, stats, keep, **(options or {})
+        update = criterion.update(
+            kernel_value,
+            bias_value,
+            stats,
+            keep,
+            choosable=choosable,
+            min_keep=np.full(keep.shape[1], count) if count > 0 else None,
+            layer=layer.name,
+            **(options or {}),
         )
-        found[kernel_key] = new_kernel
+        values[kernel_key] = update.kernel
+        if kernel_key in masks:
+            rows = int(np.prod(kernel.shape[:-1]))
+            new_masks[kernel_key] = update.keep[:rows].reshape(kernel.shape).astype(np.float32)
         if bias is not None:
-            found[bias_key] = new_bias
-    return found
+            values[bias_key] = update.bias
+    return Updates(values, new_masks)
