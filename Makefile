@@ -28,8 +28,12 @@ $(STAMP): setup.cfg pyproject.toml
 demo: venv
 	$(BIN)/tfstatprune demo $(ARGS)
 
+# Two workers (one per core of the machines CI runs on), each test module on one worker
+# (module fixtures such as the demo's quick run run once).
+TEST_WORKERS ?= 2
+
 test: venv
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope
 
 lint: venv
 	$(BIN)/ruff check .

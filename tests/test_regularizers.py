@@ -85,7 +85,9 @@ def test_group_lasso_at_a_zero_group_has_zero_not_nan_derivatives():
 
 
 @pytest.mark.parametrize(
-    "penalty", [L1(0.25), GroupLasso("filter", 0.5), GroupLasso((1, 16), 1e-3)], ids=str
+    "penalty",
+    [L1(0.25), GroupLasso("filter", 0.5), GroupLasso((1, 16), 1e-3)],
+    ids=["l1", "group-lasso-filter", "group-lasso-1x16"],
 )
 def test_penalties_round_trip_their_config_and_registration(penalty):
     again = type(penalty).from_config(penalty.get_config())
