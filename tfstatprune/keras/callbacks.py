@@ -133,12 +133,16 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
         return step
 
     def _update(self, step: int) -> None:
+        # Runs before every batch: each schedule is asked once (wrappers usually share
+        # one), and a wrapper's mask_step is read from the device only at pruning steps.
         due = []
+        decisions: dict[int, Any] = {}
         for wrapper in self._wrappers:
-            if int(wrapper.mask_step.numpy()) == step:
-                continue
-            decision = schedule_decision(wrapper.pruning_schedule, step)
-            if not decision.should_prune:
+            schedule = wrapper.pruning_schedule
+            if id(schedule) not in decisions:
+                decisions[id(schedule)] = schedule_decision(schedule, step)
+            decision = decisions[id(schedule)]
+            if not decision.should_prune or int(wrapper.mask_step.numpy()) == step:
                 continue
             if decision.sparsity > 0 and wrapper.pruning_vars:
                 due.append((wrapper, decision.sparsity))
