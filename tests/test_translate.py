@@ -21,6 +21,7 @@ import tensorflow as tf
 import tfstatprune as tsp
 from tfstatprune import _translate
 from tfstatprune._keras import keras
+from tfstatprune.stats import NonFiniteDataError
 
 ATOL = 1e-5
 L3 = keras3.layers
@@ -409,3 +410,12 @@ def test_load_model_and_cli_export_of_a_keras3_file(small_cnn, tmp_path, capsys)
     out = tmp_path / "cnn.tflite"
     assert cli.main(["export", str(path), str(out)]) == cli.EXIT_OK
     assert "validation vs Keras: passed" in capsys.readouterr().out
+
+
+def test_nan_in_the_data_of_a_keras3_model_names_the_examples(small_cnn):
+    """The translation check leaves non-finite examples out; the statistics name them."""
+    model, x, y = small_cnn
+    bad = x.copy()
+    bad[3, 0, 0, 0] = np.nan
+    with pytest.raises(NonFiniteDataError, match=r"example indices \[3\]"):
+        tsp.prune_once(model, (bad, y), 0.5, "wald", verbose=0)

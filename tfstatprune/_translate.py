@@ -570,12 +570,22 @@ def _all_layers(model: Any) -> list[Any]:
 
 
 def sample_inputs(model: Any, data: Any = None, count: int = SAMPLE_EXAMPLES) -> list[np.ndarray]:
-    """Inputs to compare predictions on: ``data``'s first examples, else random ones."""
+    """Inputs to compare predictions on: ``data``'s first examples, else random ones.
+
+    Examples with a non-finite input are left out: they say nothing about the
+    translation, and the statistics' own check names them to the user.
+    """
     given = _data_inputs(data, count) if data is not None else None
     if given is not None:
         given = given if isinstance(given, list) else [given]
         if len(given) == len(model.inputs):
-            return given
+            finite = np.ones(len(given[0]), bool)
+            for x in given:
+                x = np.asarray(x)
+                if np.issubdtype(x.dtype, np.floating):
+                    finite &= np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+            if finite.any():
+                return [np.asarray(x)[finite] for x in given]
     rng = np.random.default_rng(0)
     found = []
     for tensor in model.inputs:
