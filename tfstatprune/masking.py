@@ -16,6 +16,11 @@ The contract of :func:`compute_masks`:
 * **Monotone.** Entries pruned in ``previous`` stay pruned. They count toward
   the number to prune, and if more are already pruned than requested, exactly
   those stay pruned: a mask never un-prunes. This rule wins over ``min_kept``.
+* **Column floors.** ``keep_per_column`` names 2-D scores (kernels ``[in, out]``)
+  whose every column (output unit) keeps its ``count`` best-scoring entries; in
+  layer scope the floor wins over the exact count (the weight's sparsity is
+  capped at ``1 - count / in``), in global scope the protected entries are
+  simply never candidates. :func:`column_floor` says how many.
 * **Deterministic order.** Entries are pruned in this order: previously
   pruned first, then lowest score, then lowest ``tiebreak`` value (when given),
   then (global scope only) the weight's position in ``scores``, then lowest flat
@@ -37,6 +42,7 @@ __all__ = [
     "SCOPES",
     "check_m_by_n",
     "check_sparsity",
+    "column_floor",
     "compute_masks",
     "m_by_n_masks",
     "mask_sparsity",
@@ -197,6 +203,7 @@ def compute_masks(
     previous: Mapping[str, np.ndarray] | None = None,
     tiebreak: Mapping[str, np.ndarray] | None = None,
     min_kept: int = 1,
+    keep_per_column: Mapping[str, int] | None = None,
 ) -> dict[str, np.ndarray]:
     """Prune the lowest-scoring entries of each weight (layer) or of all weights (global).
 
@@ -215,6 +222,9 @@ def compute_masks(
         equal scores.
       min_kept: entries every weight keeps (all of them if it has fewer).
         Previously pruned entries stay pruned even if that leaves fewer.
+      keep_per_column: optional name -> count: each column of that 2-D
+        weight keeps its ``count`` best-scoring entries (names of other
+        shapes, or not in ``scores``, are ignored); see the module docstring.
 
     Returns:
       name -> boolean mask (True = keep), in the shapes and key order of ``scores``.
@@ -233,6 +243,9 @@ def compute_masks(
     ...                       previous={"w": np.array([1, 1, 0, 1])})
     >>> masks["w"].tolist()  # the pruned 5.0 stays pruned and fills the quota
     [True, True, False, True]
+    >>> compute_masks({"k": np.array([[1.0, 5.0], [2.0, 6.0]])}, 0.5,
+    ...               keep_per_column={"k": 1})["k"].tolist()  # each column keeps its best
+    [[False, False], [True, True]]
     """
     if not isinstance(scores, Mapping):
         raise ValueError(f"scores must be a mapping name -> array, got {type(scores).__name__}.")
@@ -259,6 +272,11 @@ def compute_masks(
         _check_names(names, previous, "previous")
     if tiebreak is not None:
         _check_names(names, tiebreak, "tiebreak")
+    floors = {
+        name: _check_count(count, f"keep_per_column[{name!r}]")
+        for name, count in (keep_per_column or {}).items()
+        if name in scores and np.ndim(scores[name]) == 2
+    }
 
     flat_scores: list[np.ndarray] = []
     flat_pruned: list[np.ndarray] = []
@@ -266,6 +284,10 @@ def compute_masks(
     shapes: list[tuple[int, ...]] = []
     for name in names:
         arr = _as_float_array(name, scores[name], "scores")
+        if floors.get(name, 0) > 0:
+            arr = _protect_columns(arr, floors[name])
+            if scope == "layer":
+                levels[name] = min(levels[name], _floor_cap(arr.shape, floors[name]))
         shapes.append(arr.shape)
         flat_scores.append(arr.reshape(-1))
         if previous is None:
@@ -290,6 +312,41 @@ def compute_masks(
         name: keep.reshape(shape)
         for name, keep, shape in zip(names, flat_keep, shapes, strict=True)
     }
+
+
+def _check_count(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"{what} must be an integer >= 0, got {value!r}.")
+    return int(value)
+
+
+def _protect_columns(scores: np.ndarray, count: int) -> np.ndarray:
+    """``scores`` with the ``count`` best entries of each column raised to +inf."""
+    protected = np.array(scores, np.float64)
+    count = min(count, protected.shape[0])
+    best = np.argsort(-protected, axis=0, kind="stable")[:count]
+    np.put_along_axis(protected, best, np.inf, axis=0)
+    return protected
+
+
+def _floor_cap(shape: tuple[int, ...], count: int) -> float:
+    """The highest sparsity of a ``[rows, cols]`` weight whose columns keep ``count`` each."""
+    rows, cols = shape
+    return 1.0 - min(count, rows) * cols / (rows * cols)
+
+
+def column_floor(*, per_class: int, per_unit: int, output: bool) -> int:
+    """Entries each output unit (column) of a kernel keeps whatever its scores.
+
+    Every kernel keeps ``per_unit`` per column; an output layer's kernel, whose
+    columns are the classes, also at least ``per_class`` (so no class loses all
+    its connections). 0 means no floor.
+
+    >>> column_floor(per_class=1, per_unit=0, output=True), column_floor(
+    ...     per_class=1, per_unit=0, output=False)
+    (1, 0)
+    """
+    return max(int(per_unit), int(per_class) if output else 0)
 
 
 def _prune_order(scores: np.ndarray, pruned: np.ndarray, ties: np.ndarray) -> np.ndarray:

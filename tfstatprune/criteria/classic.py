@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tfstatprune.criteria.registry import hessian_from_options, register_criterion
+from tfstatprune.criteria.registry import StatsRequest, hessian_from_options, register_criterion
 from tfstatprune.criteria.wald import curvature_diagonal
 from tfstatprune.stats.moments import WeightStatistics
 
@@ -36,7 +36,7 @@ def l1_norm(theta: np.ndarray, stats: WeightStatistics | None = None) -> np.ndar
     return np.abs(np.asarray(theta, np.float64))
 
 
-@register_criterion("random", statistics=None)
+@register_criterion("random", statistics=StatsRequest(gradients=False, seed="seed"))
 def random(
     theta: np.ndarray, stats: WeightStatistics | None = None, *, seed: int | Sequence[int] = 0
 ) -> np.ndarray:

@@ -24,6 +24,7 @@ __all__ = [
     "get_criterion",
     "register_criterion",
     "HESSIAN_OPTION",
+    "NO_STATISTICS",
     "StatsRequest",
     "Update",
 ]
@@ -35,20 +36,46 @@ HESSIAN_OPTION = "hessian"
 
 
 class StatsRequest(NamedTuple):
-    """Which statistics a criterion needs: a curvature, and Kronecker factors or not.
+    """What a criterion needs besides the weights: statistics, and inputs from the glue.
 
-    ``loss``: the per-example function whose gradient statistics are wanted
-    instead of the training loss (``sensitivity``: the true-class output).
-    ``history``: the criterion reads the weight history recorded during
-    training (:class:`tfstatprune.stats.history.UpdateStatistics`, from a
+    ``hessian``, ``kronecker``: the curvature of the gradient statistics, and
+    Kronecker factors or not. ``loss``: the per-example function whose
+    gradient statistics are wanted instead of the training loss
+    (``sensitivity``: the true-class output). ``history``: the criterion reads
+    the weight history recorded during training
+    (:class:`tfstatprune.stats.history.UpdateStatistics`, from a
     :class:`tfstatprune.WeightHistory` passed as ``stats_data``), no gradients.
+    ``activations``: zero counts of Dense/Conv activations
+    (:class:`~tfstatprune.stats.ActivationStatistics`). ``gradients``: False
+    for a criterion that reads no data at all (only the options below).
+
+    The glue also passes, per mask unit, the options named here (unless the
+    user set them): ``seed``, the option that takes a seed derived from the
+    user's seed, the pruning step and the unit's position (``random``);
+    ``bn_scale``, the option that takes the ``gamma`` of the
+    BatchNormalization after the unit's layer (``bn_scale``).
+
+    >>> StatsRequest(gradients=False, seed="seed").needs_data
+    False
     """
 
     hessian: str = "fisher"
     kronecker: bool = False
     loss: Any = None
     history: bool = False
-    activations: bool = False  # zero counts of Dense/Conv activations (ActivationStatistics)
+    activations: bool = False
+    gradients: bool = True
+    seed: str | None = None
+    bn_scale: str | None = None
+
+    @property
+    def needs_data(self) -> bool:
+        """True when the criterion reads ``stats_data`` (gradients or a history)."""
+        return self.gradients or self.history
+
+
+#: The request of a criterion that reads nothing but the weights.
+NO_STATISTICS = StatsRequest(gradients=False)
 
 
 class Update(NamedTuple):
@@ -66,8 +93,8 @@ class Update(NamedTuple):
     keep: np.ndarray
 
 
-def _needs_nothing(options: Mapping[str, Any]) -> str | None:
-    return None
+def _needs_nothing(options: Mapping[str, Any]) -> StatsRequest:
+    return NO_STATISTICS
 
 
 def hessian_from_options(options: Mapping[str, Any]) -> str | None:
@@ -81,8 +108,8 @@ class Criterion(NamedTuple):
     Attributes:
       name: registry name.
       fn: ``fn(theta, stats, **options) -> scores``.
-      statistics: ``statistics(options)`` says which statistics the criterion
-        needs for these options: None (none at all), a ``hessian`` name
+      statistics: ``statistics(options)`` says what the criterion needs for
+        these options: None (nothing but the weights), a ``hessian`` name
         (``"fisher"``, ``"ggn"``, ``"ggn_exact"``) or a :class:`StatsRequest`.
       group: how the score of a group (unit, filter, block) follows from its
         members: ``"sum"`` of the per-entry scores (a Wald statistic with a
@@ -110,12 +137,20 @@ class Criterion(NamedTuple):
     groups_only: bool = False
     fallback: str | None = None
 
-    def request(self, options: Mapping[str, Any]) -> StatsRequest | None:
-        """The statistics needed for ``options``, as a :class:`StatsRequest` (or None)."""
+    def needs(self, options: Mapping[str, Any]) -> StatsRequest:
+        """Everything the criterion needs for ``options``: a :class:`StatsRequest`."""
         needs = self.statistics(options)
-        if needs is None or isinstance(needs, StatsRequest):
+        if needs is None:
+            return NO_STATISTICS
+        if isinstance(needs, StatsRequest):
             return needs
         return StatsRequest(hessian=needs)
+
+    def request(self, options: Mapping[str, Any]) -> StatsRequest | None:
+        """The statistics to collect for ``options``: :meth:`needs`, or None when the
+        criterion reads no data."""
+        needs = self.needs(options)
+        return needs if needs.needs_data else None
 
     def __call__(
         self, theta: np.ndarray, stats: WeightStatistics | None = None, **options: Any
@@ -153,7 +188,10 @@ _CRITERIA: dict[str, Criterion] = {}
 def register_criterion(
     name: str,
     *,
-    statistics: Callable[[Mapping[str, Any]], str | None] | str | None = "fisher",
+    statistics: Callable[[Mapping[str, Any]], str | StatsRequest | None]
+    | str
+    | StatsRequest
+    | None = "fisher",
     group: str | GroupFn = "sum",
     update: UpdateFn | None = None,
     groups_only: bool = False,
@@ -165,8 +203,9 @@ def register_criterion(
     Args:
       name: the name users pass as ``criterion=``.
       statistics: None (needs no statistics), ``"fisher"``/``"ggn"`` (always
-        needs those), a :class:`StatsRequest`, or a function of the options
-        returning one of those.
+        needs those), a :class:`StatsRequest` (also what the glue passes,
+        e.g. ``StatsRequest(gradients=False, seed="seed")``), or a function of
+        the options returning one of those.
       group: the group form (see :class:`Criterion`).
       update: the weight update after pruning (see :class:`Criterion`).
       groups_only: ``fn`` is never called on single weights; ``group`` (a
@@ -203,7 +242,7 @@ def get_criterion(criterion: str | Criterion | CriterionFn) -> Criterion:
     """Look up a criterion by name; wrap a user callable (it gets Fisher statistics).
 
     A user callable that needs no statistics can say so with an attribute
-    ``fn.statistics = None``.
+    ``fn.statistics = None`` (or a :class:`StatsRequest`).
 
     Raises:
       ValueError: for an unknown name (the message lists the known ones).

@@ -18,7 +18,7 @@ from tfstatprune.stats.moments import WeightStatistics
 
 __all__ = ["BN_GAMMA_OPTION", "apoz", "bn_scale"]
 
-#: The option through which the Keras glue passes the BatchNormalization's gamma.
+#: The option that takes the BatchNormalization's gamma (``StatsRequest(bn_scale=...)``).
 BN_GAMMA_OPTION = "bn_gamma"
 
 
@@ -105,7 +105,12 @@ def _bn_scale_groups(
     return gamma
 
 
-@register_criterion("bn_scale", statistics=None, group=_bn_scale_groups, groups_only=True)
+@register_criterion(
+    "bn_scale",
+    statistics=StatsRequest(gradients=False, bn_scale=BN_GAMMA_OPTION),
+    group=_bn_scale_groups,
+    groups_only=True,
+)
 def bn_scale(
     theta: np.ndarray, stats: WeightStatistics | None = None, *, bn_gamma: np.ndarray | None = None
 ) -> np.ndarray:

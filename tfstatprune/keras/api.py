@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -13,6 +14,12 @@ from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wra
 from tfstatprune._keras import keras, require_tf_keras_model
 from tfstatprune._translate import returns_users_keras
 from tfstatprune.granularity import Granularity, expand
+from tfstatprune.keras.config import (
+    DEFAULT_MIN_WEIGHTS_PER_CLASS,
+    PruneSettings,
+    StatsConfig,
+    settings_from_arguments,
+)
 from tfstatprune.keras.consistency import (
     UNIT_GRANULARITIES,
     choose_layers,
@@ -21,23 +28,20 @@ from tfstatprune.keras.consistency import (
 )
 from tfstatprune.keras.graph import trace_units
 from tfstatprune.keras.layers import is_prunable, iter_layers, unsupported_layers
-from tfstatprune.keras.scoring import (
-    MaskUnit,
-    decide_masks,
-    mask_units,
-    resolve_criterion,
-    restricted_updates,
-    score_units,
+from tfstatprune.keras.scoring import mask_units, resolve_criterion, score_units
+from tfstatprune.keras.step import column_floors, multiply_masks, prune_step
+from tfstatprune.keras.wrapper import (
+    PruneStatistically,
+    remember_stats_data,
+    schedule_objects,
 )
-from tfstatprune.keras.wrapper import SCOPES, PruneStatistically, schedule_objects
-from tfstatprune.masking import check_m_by_n, check_sparsity
+from tfstatprune.masking import check_sparsity
 from tfstatprune.schedules import OneShotSparsity
 from tfstatprune.stats import check_stats_data
 from tfstatprune.stats.keys import weight_keys
 from tfstatprune.stopping import DEFAULT_ALPHA, SparsityChoice, choose_sparsity
 
 DEFAULT_SUBSTEPS = 4
-DEFAULT_MIN_WEIGHTS_PER_CLASS = 1
 DEFAULT_AUTO_LEVELS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99)
 
 __all__ = [
@@ -77,11 +81,6 @@ def copy_model(model: keras.Model) -> keras.Model:
     if model.built:  # (a model built later has no weights yet)
         clone.set_weights(model.get_weights())
     return clone
-
-
-def _check_scope(scope: str) -> None:
-    if scope not in SCOPES:
-        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
 
 
 @returns_users_keras("wrapped")
@@ -157,26 +156,27 @@ def prune_statistically(
       >>> [type(layer).__name__ for layer in p.layers]
       ['PruneStatistically']
     """
-    _check_scope(scope)
+    prune, _ = settings_from_arguments(
+        criterion=criterion,
+        scope=scope,
+        prune_bias=prune_bias,
+        granularity=granularity,
+        layers=layers,
+        min_weights_per_class=min_weights_per_class,
+        min_weights_per_unit=min_weights_per_unit,
+        sparsity_m_by_n=sparsity_m_by_n,
+        **options,
+    )
     crit = resolve_criterion(criterion, options)
     if pruning_schedule is None:
         pruning_schedule = OneShotSparsity(0.5)
 
     def wrapper(layer: keras.layers.Layer, guarded: bool = False) -> PruneStatistically:
-        return PruneStatistically(
-            layer,
-            pruning_schedule=pruning_schedule,
-            criterion=criterion,
-            criterion_options=options,
-            scope=scope,
-            prune_bias=prune_bias,
-            granularity=granularity,
-            keep_per_unit=max(
-                min_weights_per_unit if granularity == "weight" else 0,
-                min_weights_per_class if guarded else 0,
-            ),
-            sparsity_m_by_n=sparsity_m_by_n,
+        wrapped = PruneStatistically.from_settings(
+            layer, pruning_schedule, prune.masks, keep_per_unit=prune.column_floor(output=guarded)
         )
+        remember_stats_data(wrapped, stats_data)
+        return wrapped
 
     if isinstance(model, (list, tuple)) and all(
         isinstance(layer, keras.layers.Layer) and not isinstance(layer, keras.Model)
@@ -196,16 +196,16 @@ def prune_statistically(
             "naming the layers to prune"
         )
     if model.built:
-        needs = crit.request(options)
-        if needs is not None and not needs.history and stats_data is not None:
+        needs = crit.needs(options)
+        if needs.gradients and not needs.history and stats_data is not None:
             check_stats_data(model, stats_data)  # (a history criterion's: WeightHistory)
         chosen = choose_layers(model, layers, granularity)
         mask_units(chosen, granularity, prune_bias=prune_bias)  # fails early on a misfit
         chosen_names = {layer.name for layer in chosen}
-        guarded = set(model.output_names) if granularity == "weight" else set()
+        guarded = set(model.output_names)
     else:  # tfmot wraps models built later by type alone: the wrappers build them
         chosen_names = _unbuilt_choice(model, layers, granularity)
-        guarded = {model.layers[-1].name} if granularity == "weight" and model.layers else set()
+        guarded = {model.layers[-1].name} if model.layers else set()
     private = copy_model(model)
 
     def wrap(layer: keras.layers.Layer) -> keras.layers.Layer:
@@ -263,22 +263,23 @@ def scores(
     built model's ``variable.name``, and the same after saving and loading.
     Arguments as in :func:`prune_once` (``skip_nonfinite`` included).
     """
-    model = _require_graph_model(model)
-    chosen = choose_layers(model, layers, granularity)
-    units = mask_units(chosen, granularity, prune_bias=prune_bias)
-    result = score_units(
-        model,
-        units,
-        stats_data,
-        criterion,
-        options,
+    prune, stats = settings_from_arguments(
+        criterion=criterion,
+        granularity=granularity,
+        prune_bias=prune_bias,
+        layers=layers,
         loss=loss,
         max_examples=max_examples,
         batch_size=batch_size,
         seed=seed,
         verbose=verbose,
         skip_nonfinite=skip_nonfinite,
+        **options,
     )
+    model = _require_graph_model(model)
+    chosen = choose_layers(model, layers, granularity)
+    units = mask_units(chosen, granularity, prune_bias=prune_bias)
+    result = score_units(model, units, stats_data, criterion, prune.masks.options, stats)
     found = {}
     for unit in units:
         if unit.groupings is None:
@@ -367,7 +368,7 @@ def prune_once(
       (``wald_block``, ``obs``) also move the surviving weights to the
       restricted estimator.
     """
-    settings = dict(
+    settings = settings_from_arguments(
         criterion=criterion,
         scope=scope,
         granularity=granularity,
@@ -388,10 +389,10 @@ def prune_once(
     if isinstance(sparsity, str):
         if sparsity != "auto":
             raise ValueError(f"sparsity must be a number in [0, 1) or 'auto', got {sparsity!r}")
-        result = prune_auto(model, stats_data, holdout, alpha=alpha, **settings)
+        result = _prune_auto(model, stats_data, holdout, DEFAULT_AUTO_LEVELS, alpha, *settings)
         print(result)
         return result.model
-    return _prune_copy(model, stats_data, sparsity, **settings)
+    return _prune_copy(model, stats_data, sparsity, *settings)
 
 
 def _substep_levels(sparsity: float, steps: int) -> list[float]:
@@ -402,127 +403,77 @@ def _substep_levels(sparsity: float, steps: int) -> list[float]:
     return [1.0 - density ** (t / steps) for t in range(1, steps)] + [float(sparsity)]
 
 
-def _kept_per_column(
-    model: keras.Model,
-    units: Sequence[MaskUnit],
-    granularity: Granularity,
-    per_class: int,
-    per_unit: int,
-) -> dict[str, int]:
-    """``{kernel key: count}`` of weights each output unit keeps (elementwise masks only).
-
-    The output layers keep ``per_class`` per unit, every other kernel ``per_unit``.
-    """
-    if granularity != "weight":
-        return {}
-    outputs = set(model.output_names)
-    found = {}
-    for unit in units:
-        kernel = getattr(unit.layer, "kernel", None)
-        if kernel is None or unit.weights[0] is not kernel:
-            continue
-        count = max(per_unit, per_class if unit.layer.name in outputs else 0)
-        if count > 0:
-            found[unit.key] = count
-    return found
-
-
 def _prune_copy(
     model: keras.Model,
     stats_data: Any,
     sparsity: float,
-    *,
-    criterion: Any = "wald",
-    scope: str = "layer",
-    granularity: Granularity = "weight",
-    prune_bias: bool = False,
-    layers: Sequence[str] | None = None,
-    min_weights_per_class: int = DEFAULT_MIN_WEIGHTS_PER_CLASS,
-    min_weights_per_unit: int = 0,
-    sparsity_m_by_n: tuple[int, int] | None = None,
-    substeps: int | None = None,
-    loss: Any = None,
-    max_examples: int | None = None,
-    batch_size: int | None = None,
-    seed: int = 0,
-    verbose: int = 1,
-    skip_nonfinite: bool = False,
-    **options: Any,
+    settings: PruneSettings,
+    stats: StatsConfig,
 ) -> keras.Model:
+    """A pruned copy of ``model``: :func:`prune_step` at each sub-step's level."""
     model = _require_graph_model(model)
-    _check_scope(scope)
-    crit = resolve_criterion(criterion, options)
-    if sparsity_m_by_n is not None:
-        m, n = check_m_by_n(sparsity_m_by_n)
+    masking = settings.masks
+    crit = resolve_criterion(masking.criterion, masking.options)
+    substeps = settings.substeps
+    if masking.sparsity_m_by_n is not None:
+        m, n = masking.sparsity_m_by_n
         if not math.isclose(float(sparsity), m / n):
             raise ValueError(
-                f"sparsity_m_by_n={sparsity_m_by_n} prunes {m} of every {n} weights; pass "
-                f"sparsity={m / n:g} with it (got {sparsity})"
+                f"sparsity_m_by_n={masking.sparsity_m_by_n} prunes {m} of every {n} weights; "
+                f"pass sparsity={m / n:g} with it (got {sparsity})"
             )
         substeps = 1  # the pattern is reached at once: each group keeps its n - m best
     if substeps is None:
         substeps = DEFAULT_SUBSTEPS if crit.update is not None else 1
     levels = _substep_levels(check_sparsity(sparsity), substeps)
     pruned = copy_model(model)
-    if loss is None:
-        loss = getattr(model, "loss", None)  # the copy is not compiled
-    chosen = choose_layers(pruned, layers, granularity)
-    units = mask_units(chosen, granularity, prune_bias=prune_bias)
-    graph = trace_units(pruned) if granularity in UNIT_GRANULARITIES else None
-    protect = _kept_per_column(
-        pruned, units, granularity, min_weights_per_class, min_weights_per_unit
+    if stats.loss is None:  # the copy is not compiled
+        stats = dataclasses.replace(stats, loss=getattr(model, "loss", None))
+    chosen = choose_layers(pruned, settings.layers, masking.granularity)
+    units = mask_units(chosen, masking.granularity, prune_bias=masking.prune_bias)
+    outputs = set(pruned.output_names)
+    protect = column_floors(
+        units, lambda layer: settings.column_floor(output=layer.name in outputs)
     )
     by_name = {k: w for w, k in weight_keys(pruned).items()}
     dense = {k: w.numpy() for k, w in by_name.items()}
+    consistent = None
+    if masking.granularity in UNIT_GRANULARITIES:
+        consistent = _dead_unit_rows(trace_units(pruned), [u.layer.name for u in units])
     masks = None
     for step, level in enumerate(levels):
-        result = score_units(
+        masks = prune_step(
             pruned,
             units,
             stats_data,
-            crit,
-            options,
-            loss=loss,
-            max_examples=max_examples,
-            batch_size=batch_size,
-            seed=seed,
-            step=step,
-            verbose=verbose,
-            skip_nonfinite=skip_nonfinite,
-        )
-        previous = masks
-        masks = decide_masks(
-            units,
-            result.scores,
+            masking,
             level,
-            scope=scope,
-            previous=previous,
+            variables=by_name,
+            write_masks=multiply_masks(by_name),
+            stats=stats,
+            step=step,
+            previous=masks,
             keep_per_column=protect,
-            m_by_n=sparsity_m_by_n,
-        )
-        if graph is not None:  # pruned units also kill the input rows that read them
-            masks, rows = follow_dead_units(graph, [u.layer.name for u in units], masks)
-            for name, dead in rows.items():
-                kernel = graph.layers[name].kernel
-                kernel.assign(zero_rows(kernel.numpy(), dead))
-        updates = restricted_updates(
-            units,
-            crit,
-            result.statistics,
-            masks,
-            options,
+            consistent=consistent,
             reference=dense,
-            previous=previous,
-            keep_per_column=protect,
-            adaptive=sparsity_m_by_n is None,
-        )
-        masks = updates.masks
-        for name, value in updates.values.items():
-            by_name[name].assign(np.asarray(value, by_name[name].dtype.as_numpy_dtype))
-        for name, mask in masks.items():
-            target = by_name[name]
-            target.assign(target.numpy() * mask.astype(target.dtype.as_numpy_dtype))
+        ).masks
     return pruned
+
+
+def _dead_unit_rows(
+    graph: Any, names: Sequence[str]
+) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    """Masks -> masks whose pruned units also kill the input rows that read them (the
+    rows of layers that are not pruned are zeroed at once)."""
+
+    def consistent(masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        masks, rows = follow_dead_units(graph, names, masks)
+        for name, dead in rows.items():
+            kernel = graph.layers[name].kernel
+            kernel.assign(zero_rows(kernel.numpy(), dead))
+        return masks
+
+    return consistent
 
 
 class AutoPruneResult(NamedTuple):
@@ -573,6 +524,20 @@ def prune_auto(
       alpha: the test's level.
       **settings: the other arguments of :func:`prune_once`.
     """
+    return _prune_auto(
+        model, stats_data, holdout, levels, alpha, *settings_from_arguments(**settings)
+    )
+
+
+def _prune_auto(
+    model: keras.Model,
+    stats_data: Any,
+    holdout: Any,
+    levels: Sequence[float],
+    alpha: float,
+    settings: PruneSettings,
+    stats: StatsConfig,
+) -> AutoPruneResult:
     if holdout is None:
         raise ValueError(
             "sparsity='auto' compares predictions on held-out data: pass holdout=(x, y)"
@@ -581,7 +546,7 @@ def prune_auto(
     correct_at, models = {}, {}
     chosen = SparsityChoice(0.0, {}, alpha)
     for level in sorted(levels):
-        models[level] = _prune_copy(model, stats_data, level, **settings)
+        models[level] = _prune_copy(model, stats_data, level, settings, stats)
         correct_at[level] = _correct(models[level], holdout)
         chosen = choose_sparsity(dense_correct, correct_at, alpha)
         if chosen.sparsity != level:

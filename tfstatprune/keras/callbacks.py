@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import time
 from collections.abc import Sequence
@@ -15,17 +16,13 @@ from tensorflow_model_optimization.python.core.sparsity.keras import (
 
 from tfstatprune._keras import keras
 from tfstatprune.keras.adjust import adjust_after_pruning, connections
+from tfstatprune.keras.config import StatsConfig
 from tfstatprune.keras.consistency import consistent_masks, update_wrapper_masks
-from tfstatprune.keras.scoring import (
-    decide_masks,
-    mask_units,
-    resolve_criterion,
-    restricted_updates,
-    score_units,
-)
-from tfstatprune.keras.wrapper import PruneStatistically
+from tfstatprune.keras.scoring import mask_units, resolve_criterion
+from tfstatprune.keras.step import PruneStepResult, column_floors, prune_step
+from tfstatprune.keras.wrapper import PruneStatistically, stats_data_of
 from tfstatprune.schedules import IterativeSparsity, schedule_decision
-from tfstatprune.stats.keys import key_of, weight_keys
+from tfstatprune.stats.keys import weight_keys
 
 __all__ = ["StatisticalPruning", "callbacks"]
 
@@ -47,7 +44,8 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
 
     Args:
       stats_data: ``(x, y)`` arrays or a ``tf.data.Dataset`` of ``(x, y)``
-        batches for the statistics (only needed by criteria that use them).
+        batches for the statistics (only needed by criteria that use them);
+        default: the data given to :func:`tfstatprune.prune_statistically`.
       loss: per-example loss (default: the compiled loss).
       max_examples: use at most this many examples per pruning step.
       batch_size: examples per statistics chunk (default: from a memory budget).
@@ -87,11 +85,14 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
         self.adjust_dropout = adjust_dropout
         self.reset_batchnorm = reset_batchnorm
         self.stats_data = stats_data
-        self.loss = loss
-        self.max_examples = max_examples
-        self.batch_size = batch_size
-        self.skip_nonfinite = skip_nonfinite
-        self.seed = seed
+        self.stats = StatsConfig(
+            loss=loss,
+            max_examples=max_examples,
+            batch_size=batch_size,
+            seed=seed,
+            verbose=verbose,
+            skip_nonfinite=skip_nonfinite,
+        )
         self.verbose = verbose
         self.history: list[dict[str, Any]] = []
         self._wrappers: list[PruneStatistically] = []
@@ -110,6 +111,19 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
                 "the model has no tfstatprune pruning wrappers: wrap it with "
                 "tfstatprune.prune_statistically(model, ...) before fit"
             )
+        self._data = self.stats_data
+        if self._data is None:
+            self._data = stats_data_of(self._wrappers)
+        if self._data is None:
+            for wrapper in self._wrappers:
+                crit = resolve_criterion(wrapper.criterion, wrapper.criterion_options)
+                if crit.needs(wrapper.criterion_options).needs_data:
+                    raise ValueError(
+                        f"criterion {crit.name!r} of layer {wrapper.layer.name!r} needs "
+                        "statistics, and no data was given: pass stats_data to "
+                        "tfstatprune.prune_statistically(model, stats_data, ...) or to "
+                        "tfstatprune.callbacks(stats_data)"
+                    )
 
     # The step is read from the wrappers, not counted here: callbacks that restore
     # the model (BackupAndRestore) may run after on_train_begin, and tfmot's
@@ -157,75 +171,12 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
         before = {w: connections(w) for w in self._wrappers}
         for wrapper in self._wrappers:
             wrapper.apply_masks()
-        groups = _group_by_criterion(due)
+        stats = dataclasses.replace(self.stats, verbose=int(self.verbose > 1))
         examples = 0
-        for (_, _, scope, granularity, _), members in groups.items():
-            wrappers = [w for w, _ in members]
-            units = mask_units(
-                [w.layer for w in wrappers],
-                granularity,
-                weights={w.layer.name: [v for v, _, _ in w.pruning_vars] for w in wrappers},
-            )
-            first = wrappers[0]
-            result = score_units(
-                self.model,
-                units,
-                self.stats_data,
-                first.criterion,
-                first.criterion_options,
-                loss=self.loss,
-                max_examples=self.max_examples,
-                batch_size=self.batch_size,
-                seed=self.seed,
-                step=step,
-                verbose=int(self.verbose > 1),
-                skip_nonfinite=self.skip_nonfinite,
-            )
-            if result.statistics is not None:
-                examples = result.statistics.count
-            if scope == "global":
-                sparsities = {s for _, s in members}
-                if len(sparsities) != 1:
-                    raise ValueError(
-                        "globally scoped layers must share one schedule; got sparsities "
-                        f"{sorted(sparsities)} at step {step}"
-                    )
-                sparsity: Any = sparsities.pop()
-            else:
-                level = {id(w.layer): s for w, s in members}
-                sparsity = {u.key: level[id(u.layer)] for u in units}
-            previous = {k: v for w in wrappers for k, v in w.current_masks().items()}
-            protect = {
-                key_of(w.layer, w.layer.kernel): w.keep_per_unit
-                for w in wrappers
-                if w.keep_per_unit > 0 and granularity == "weight" and hasattr(w.layer, "kernel")
-            }
-            masks = decide_masks(
-                units,
-                result.scores,
-                sparsity,
-                scope=scope,
-                previous=previous,
-                keep_per_column=protect,
-                m_by_n=first.sparsity_m_by_n,
-            )
-            masks = consistent_masks(self.model, self._wrappers, masks)
-            updates = restricted_updates(
-                units,
-                resolve_criterion(first.criterion, first.criterion_options),
-                result.statistics,
-                masks,
-                first.criterion_options,
-                previous=previous,
-                keep_per_column=protect,
-                adaptive=first.sparsity_m_by_n is None,
-            )
-            masks = updates.masks
-            variables = {k: v for w in wrappers for v, k in weight_keys(w.layer).items()}
-            for name, value in updates.values.items():
-                variables[name].assign(np.asarray(value, variables[name].dtype.as_numpy_dtype))
-            for wrapper in wrappers:
-                wrapper.set_masks(masks, step)
+        for members in _group_by_settings(due):
+            result = self._prune_group(members, step, stats)
+            if result.scoring.statistics is not None:
+                examples = result.scoring.statistics.count
         update_wrapper_masks(self.model, self._wrappers)  # rows of wrappers not due now
         self._adjust({w: (c, connections(w)) for w, c in before.items()}, due)
         record = {
@@ -241,6 +192,52 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
                 f"\n[tfstatprune] step {step}: masks updated in {record['seconds']:.1f} s "
                 f"({examples} examples): {levels}"
             )
+
+    def _prune_group(
+        self,
+        members: Sequence[tuple[PruneStatistically, float]],
+        step: int,
+        stats: StatsConfig,
+    ) -> PruneStepResult:
+        """One :func:`~tfstatprune.keras.step.prune_step` over wrappers sharing settings."""
+        wrappers = [w for w, _ in members]
+        settings = wrappers[0].settings
+        units = mask_units(
+            [w.layer for w in wrappers],
+            settings.granularity,
+            weights={w.layer.name: [v for v, _, _ in w.pruning_vars] for w in wrappers},
+        )
+        if settings.scope == "global":
+            sparsities = {s for _, s in members}
+            if len(sparsities) != 1:
+                raise ValueError(
+                    "globally scoped layers must share one schedule; got sparsities "
+                    f"{sorted(sparsities)} at step {step}"
+                )
+            sparsity: Any = sparsities.pop()
+        else:
+            level = {id(w.layer): s for w, s in members}
+            sparsity = {u.key: level[id(u.layer)] for u in units}
+        floor = {id(w.layer): w.keep_per_unit for w in wrappers}
+
+        def write_masks(masks: dict[str, np.ndarray]) -> None:
+            for wrapper in wrappers:
+                wrapper.set_masks(masks, step)
+
+        return prune_step(
+            self.model,
+            units,
+            self._data,
+            settings,
+            sparsity,
+            variables={k: v for w in wrappers for v, k in weight_keys(w.layer).items()},
+            write_masks=write_masks,
+            stats=stats,
+            step=step,
+            previous={k: v for w in wrappers for k, v in w.current_masks().items()},
+            keep_per_column=column_floors(units, lambda layer: floor[id(layer)]),
+            consistent=lambda masks: consistent_masks(self.model, self._wrappers, masks),
+        )
 
     def _adjust(
         self,
@@ -260,21 +257,14 @@ def _sparsity(wrapper: PruneStatistically) -> float:
     return 1.0 - sum(float(m.sum()) for m in masks) / max(sum(m.size for m in masks), 1)
 
 
-def _group_by_criterion(
+def _group_by_settings(
     due: Sequence[tuple[PruneStatistically, float]],
-) -> dict[tuple, list[tuple[PruneStatistically, float]]]:
-    """Wrappers sharing criterion, options and scope are scored together."""
+) -> list[list[tuple[PruneStatistically, float]]]:
+    """Wrappers with equal mask settings are scored together."""
     groups: dict[tuple, list[tuple[PruneStatistically, float]]] = {}
     for wrapper, sparsity in due:
-        key = (
-            wrapper.criterion if isinstance(wrapper.criterion, str) else id(wrapper.criterion),
-            repr(sorted(wrapper.criterion_options.items())),
-            wrapper.scope,
-            wrapper.granularity,
-            wrapper.sparsity_m_by_n,
-        )
-        groups.setdefault(key, []).append((wrapper, sparsity))
-    return groups
+        groups.setdefault(wrapper.settings.group_key(), []).append((wrapper, sparsity))
+    return list(groups.values())
 
 
 def callbacks(
@@ -286,7 +276,10 @@ def callbacks(
     """The callbacks a pruned model needs in ``fit``.
 
     Args:
-      stats_data: the data statistics are collected on at each pruning step.
+      stats_data: the data statistics are collected on at each pruning step
+        (default: the ``stats_data`` given to
+        :func:`tfstatprune.prune_statistically`; a criterion that needs data
+        when neither has it is an error at the start of ``fit``).
       log_dir: also log sparsity to TensorBoard (tfmot's ``PruningSummaries``).
       **kwargs: passed to :class:`StatisticalPruning`.
 

@@ -18,8 +18,7 @@ import tensorflow as tf
 
 from tfstatprune._keras import keras
 from tfstatprune.criteria import get_criterion
-from tfstatprune.criteria.registry import Criterion
-from tfstatprune.criteria.structured import BN_GAMMA_OPTION
+from tfstatprune.criteria.registry import Criterion, StatsRequest
 from tfstatprune.granularity import (
     Granularity,
     Grouping,
@@ -30,6 +29,7 @@ from tfstatprune.granularity import (
     reduce_groups,
     require_whole_blocks,
 )
+from tfstatprune.keras.config import DEFAULT_STATS, StatsConfig
 from tfstatprune.keras.graph import following_gamma
 from tfstatprune.keras.history import history_statistics
 from tfstatprune.keras.layers import prunable_weights
@@ -48,8 +48,6 @@ __all__ = [
     "resolve_criterion",
     "score_units",
 ]
-
-SEED_OPTION = "seed"
 
 
 class MaskUnit(NamedTuple):
@@ -158,61 +156,51 @@ def score_units(
     stats_data: Any,
     criterion: Any,
     options: Mapping[str, Any] | None = None,
+    stats: StatsConfig = DEFAULT_STATS,
     *,
-    loss: Any = None,
-    max_examples: int | None = None,
-    batch_size: int | None = None,
-    seed: int = 0,
     step: int = 0,
-    verbose: int = 1,
-    skip_nonfinite: bool = False,
 ) -> ScoringResult:
     """Collect the statistics ``criterion`` needs and score every mask unit.
 
-    A criterion with a ``seed`` option (``random``) that the user did not set
-    gets a distinct seed per mask unit and pruning step, derived from ``seed``.
-    A criterion with a ``bn_gamma`` option (``bn_scale``) gets, per grouped
-    unit, the current ``gamma`` of the BatchNormalization after its layer.
-    ``skip_nonfinite`` leaves out examples with a NaN/Inf loss or gradient
-    (:func:`~tfstatprune.stats.collect_statistics`); weights holding NaN/Inf
-    are refused, naming the layer.
+    What the criterion needs is its :class:`~tfstatprune.criteria.registry.StatsRequest`:
+    one that names a ``seed`` option (``random``) gets, unless the user set it,
+    a distinct seed per mask unit and pruning step, derived from
+    ``stats.seed``; one that names a ``bn_scale`` option (``bn_scale``) gets,
+    per grouped unit, the current ``gamma`` of the BatchNormalization after
+    its layer. ``stats.skip_nonfinite`` leaves out examples with a NaN/Inf
+    loss or gradient (:func:`~tfstatprune.stats.collect_statistics`); weights
+    holding NaN/Inf are refused, naming the layer.
     """
     options = dict(options or {})
     crit = resolve_criterion(criterion, options)
-    needs = crit.request(options)
+    needs = crit.needs(options)
     weights = [w for unit in units for w in unit.weights]
     check_finite_weights(
         {k: (w, u.layer.name) for u in units for k, w in zip(u.names, u.weights, strict=True)}
     )
     statistics = None
-    if needs is not None and needs.history:  # training history, not gradients
+    if needs.history:  # training history, not gradients
         statistics = history_statistics(crit.name, stats_data, [k for u in units for k in u.names])
-    elif needs is not None:
+    elif needs.gradients:
         if stats_data is None:
             raise ValueError(
                 f"criterion {crit.name!r} needs statistics: pass stats_data=(x, y) or a "
                 "tf.data.Dataset of (x, y) batches"
             )
+        arguments = stats.collect_arguments(step=step)
+        if needs.loss is not None:
+            arguments["loss"] = needs.loss
         statistics = collect_statistics(
             model,
             stats_data,
             weights=weights,
-            loss=loss if needs.loss is None else needs.loss,
             hessian=needs.hessian,
             kronecker=needs.kronecker,
             activations=needs.activations,
-            max_examples=max_examples,
-            batch_size=batch_size,
-            seed=seed + step,
-            verbose=verbose,
-            skip_nonfinite=skip_nonfinite,
+            **arguments,
         )
-    derive_seed = SEED_OPTION in inspect.signature(crit.fn).parameters and (
-        SEED_OPTION not in options
-    )
-    derive_gamma = BN_GAMMA_OPTION in inspect.signature(crit.fn).parameters and (
-        BN_GAMMA_OPTION not in options
-    )
+    derive_seed = needs.seed if needs.seed not in options else None
+    derive_gamma = needs.bn_scale if needs.bn_scale not in options else None
     scores = {}
     fell_back = []
     for index, unit in enumerate(units):
@@ -220,17 +208,19 @@ def score_units(
         if _without_factors(crit, needs, unit, statistics):
             unit_crit, unit_options = _fallback(crit, {"hessian": needs.hessian, **options})
             fell_back.append(unit.layer.name)
-        if derive_seed:
-            unit_options[SEED_OPTION] = [seed, step, index]
-        if derive_gamma and unit.groupings is not None:
-            unit_options[BN_GAMMA_OPTION] = following_gamma(model, unit.layer, crit.name)
+        if derive_seed is not None:
+            unit_options[derive_seed] = [stats.seed, step, index]
+        if derive_gamma is not None and unit.groupings is not None:
+            unit_options[derive_gamma] = following_gamma(model, unit.layer, crit.name)
         thetas = [w.numpy() for w in unit.weights]
-        stats = [statistics.weights[k] if statistics is not None else None for k in unit.names]
+        stats_of = [statistics.weights[k] if statistics is not None else None for k in unit.names]
         if unit.groupings is None:
-            scores[unit.key] = unit_crit(thetas[0], stats[0], **unit_options)
+            scores[unit.key] = unit_crit(thetas[0], stats_of[0], **unit_options)
         else:
-            scores[unit.key] = unit_crit.group_scores(thetas, stats, unit.groupings, **unit_options)
-    if fell_back and verbose:
+            scores[unit.key] = unit_crit.group_scores(
+                thetas, stats_of, unit.groupings, **unit_options
+            )
+    if fell_back and stats.verbose:
         layers = ", ".join(dict.fromkeys(fell_back))
         print(
             f"[tfstatprune] criterion {crit.name!r}: no Kronecker factors for layer(s) {layers}; "
@@ -240,10 +230,10 @@ def score_units(
 
 
 def _without_factors(
-    crit: Criterion, needs: Any, unit: MaskUnit, statistics: CollectedStatistics | None
+    crit: Criterion, needs: StatsRequest, unit: MaskUnit, statistics: CollectedStatistics | None
 ) -> bool:
     """True for a unit whose kernel lacks the Kronecker factors ``crit`` needs."""
-    if needs is None or not needs.kronecker or statistics is None:
+    if not needs.kronecker or statistics is None:
         return False
     first = statistics.weights.get(unit.names[0])
     return first is None or first.kronecker is None
@@ -285,20 +275,11 @@ def decide_masks(
     weight key stay pruned (a group counts as pruned when all its entries are).
     ``sparsity`` may map unit keys to levels (layer scope). ``keep_per_column``
     maps elementwise kernel keys to a number of entries per output unit
-    (column) that are never pruned: the best-scoring ones.
+    (column) that are never pruned: the best-scoring ones (the floor of
+    :func:`tfstatprune.masking.compute_masks`).
     """
     if m_by_n is not None:
         return _m_by_n_unit_masks(units, scores, m_by_n, previous)
-    scores = dict(scores)
-    for name, count in (keep_per_column or {}).items():
-        if name in scores and count > 0 and np.ndim(scores[name]) == 2:
-            scores[name] = _protect_columns(scores[name], count)
-            if scope == "layer":  # the guard wins over the exact count
-                rows, cols = np.shape(scores[name])
-                cap = 1.0 - min(count, rows) * cols / (rows * cols)
-                if not isinstance(sparsity, Mapping):
-                    sparsity = dict.fromkeys(scores, sparsity)
-                sparsity = {**sparsity, name: min(sparsity[name], cap)}
     tiebreak, prev = {}, {}
     for unit in units:
         thetas = [np.abs(w.numpy()) for w in unit.weights]
@@ -311,7 +292,14 @@ def decide_masks(
             if previous is not None:
                 kept = reduce_groups([previous[k] for k in unit.names], unit.groupings, "sum")
                 prev[unit.key] = (kept > 0).astype(np.float32)
-    keep = compute_masks(scores, sparsity, scope=scope, previous=prev or None, tiebreak=tiebreak)
+    keep = compute_masks(
+        scores,
+        sparsity,
+        scope=scope,
+        previous=prev or None,
+        tiebreak=tiebreak,
+        keep_per_column=keep_per_column,
+    )
     masks = {}
     for unit in units:
         if unit.groupings is None:
@@ -342,15 +330,6 @@ def _m_by_n_unit_masks(
         tiebreak={unit.key: np.abs(unit.weights[0].numpy()) for unit in units},
     )
     return {k: v.astype(np.float32) for k, v in keep.items()}
-
-
-def _protect_columns(scores: np.ndarray, count: int) -> np.ndarray:
-    """``scores`` with the ``count`` best entries of each column raised to +inf."""
-    protected = np.array(scores, np.float64)
-    count = min(count, protected.shape[0])
-    best = np.argsort(-protected, axis=0, kind="stable")[:count]
-    np.put_along_axis(protected, best, np.inf, axis=0)
-    return protected
 
 
 class Updates(NamedTuple):

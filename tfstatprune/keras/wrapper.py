@@ -13,7 +13,8 @@ Inside ``fit`` the wrapper only checks that this happened.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+import weakref
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -27,13 +28,19 @@ from tensorflow_model_optimization.python.core.sparsity.keras import (
 from tfstatprune._keras import keras
 from tfstatprune.criteria import get_criterion
 from tfstatprune.granularity import check_granularity, groups_follow_bias
-from tfstatprune.masking import check_m_by_n
+from tfstatprune.keras.config import MaskSettings
+from tfstatprune.masking import SCOPES
 from tfstatprune.schedules import IterativeSparsity, OneShotSparsity
 from tfstatprune.stats.keys import weight_keys
 
-__all__ = ["PruneStatistically", "SCOPES", "schedule_objects"]
+__all__ = [
+    "PruneStatistically",
+    "SCOPES",
+    "remember_stats_data",
+    "schedule_objects",
+    "stats_data_of",
+]
 
-SCOPES = ("layer", "global")
 _NO_MASKS_MESSAGE = (
     "The pruning schedule asks for new masks at this step, but no statistical mask "
     "update ran: pass callbacks=tfstatprune.callbacks(stats_data) to model.fit."
@@ -48,6 +55,26 @@ def schedule_objects() -> dict[str, type]:
         "OneShotSparsity": OneShotSparsity,
         "IterativeSparsity": IterativeSparsity,
     }
+
+
+# The data a wrapper was created with (``prune_statistically(model, stats_data)``),
+# held outside the layer so that Keras neither tracks nor saves it.
+_STATS_DATA: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def remember_stats_data(wrapper: keras.layers.Layer, stats_data: Any) -> None:
+    """Keep ``stats_data`` for :func:`stats_data_of` (None: nothing to keep)."""
+    if stats_data is not None:
+        _STATS_DATA[wrapper] = stats_data
+
+
+def stats_data_of(wrappers: Iterable[keras.layers.Layer]) -> Any:
+    """The ``stats_data`` the first of ``wrappers`` that has one was created with, or None."""
+    for wrapper in wrappers:
+        found = _STATS_DATA.get(wrapper)
+        if found is not None:
+            return found
+    return None
 
 
 def _schedule_config(schedule: pruning_schedule.PruningSchedule) -> dict[str, Any]:
@@ -173,19 +200,50 @@ class PruneStatistically(pruning_wrapper.PruneLowMagnitude):
             raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
         get_criterion(criterion)  # fail early on an unknown name
         super().__init__(layer, pruning_schedule=pruning_schedule, **kwargs)
-        self.criterion = criterion
-        self.criterion_options = dict(criterion_options or {})
-        self.scope = scope
-        self.granularity = check_granularity(granularity)
-        self.prune_bias = bool(prune_bias) or groups_follow_bias(self.granularity)
+        granularity = check_granularity(granularity)
+        self.settings = MaskSettings(
+            criterion=criterion,
+            options=criterion_options or {},
+            scope=scope,
+            granularity=granularity,
+            prune_bias=bool(prune_bias) or groups_follow_bias(granularity),
+            sparsity_m_by_n=self.sparsity_m_by_n,
+        )
+        self.sparsity_m_by_n = self.settings.sparsity_m_by_n
         self.keep_per_unit = int(keep_per_unit)
-        if self.sparsity_m_by_n is not None:
-            self.sparsity_m_by_n = check_m_by_n(self.sparsity_m_by_n)
-            if self.granularity != "weight" or self.prune_bias:
-                raise ValueError(
-                    "sparsity_m_by_n groups single kernel weights: use granularity='weight' "
-                    "and prune_bias=False"
-                )
+        if self.sparsity_m_by_n is not None and (self.granularity != "weight" or self.prune_bias):
+            raise ValueError(
+                "sparsity_m_by_n groups single kernel weights: use granularity='weight' "
+                "and prune_bias=False"
+            )
+
+    @classmethod
+    def from_settings(
+        cls,
+        layer: keras.layers.Layer,
+        pruning_schedule: pruning_schedule.PruningSchedule | None,
+        settings: MaskSettings,
+        **kwargs: Any,
+    ) -> PruneStatistically:
+        """The wrapper of ``layer`` masked by ``settings``; ``kwargs`` as for the class."""
+        return cls(
+            layer,
+            pruning_schedule,
+            criterion=settings.criterion,
+            criterion_options=settings.options,
+            scope=settings.scope,
+            prune_bias=settings.prune_bias,
+            granularity=settings.granularity,
+            sparsity_m_by_n=settings.sparsity_m_by_n,
+            **kwargs,
+        )
+
+    # The settings, read as the wrapper's own attributes (tfmot's style).
+    criterion = property(lambda self: self.settings.criterion)
+    criterion_options = property(lambda self: self.settings.options)
+    scope = property(lambda self: self.settings.scope)
+    granularity = property(lambda self: self.settings.granularity)
+    prune_bias = property(lambda self: self.settings.prune_bias)
 
     def build(self, input_shape: Any) -> None:
         if self.prune_bias:
@@ -251,29 +309,15 @@ class PruneStatistically(pruning_wrapper.PruneLowMagnitude):
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config["pruning_schedule"] = _schedule_config(self.pruning_schedule)
-        config["sparsity_m_by_n"] = (
-            None if self.sparsity_m_by_n is None else list(self.sparsity_m_by_n)
-        )
-        if not isinstance(self.criterion, str):
-            raise ValueError(
-                "a wrapper with a callable criterion cannot be saved; register it with "
-                "tfstatprune.register_criterion(name) and pass the name"
-            )
-        config.update(
-            criterion=self.criterion,
-            criterion_options=dict(self.criterion_options),
-            scope=self.scope,
-            prune_bias=self.prune_bias,
-            keep_per_unit=self.keep_per_unit,
-            granularity=list(self.granularity)
-            if isinstance(self.granularity, tuple)
-            else self.granularity,
-        )
+        config.update(self.settings.get_config(), keep_per_unit=self.keep_per_unit)
         return config
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> PruneStatistically:
         config = dict(config)
+        settings = MaskSettings.from_config(config)
+        for key in settings.get_config():
+            config.pop(key, None)
         schedule = config.pop("pruning_schedule")
         if isinstance(schedule, dict) and "class_name" not in schedule:
             schedule = {"class_name": "ConstantSparsity", "config": schedule}
@@ -281,10 +325,8 @@ class PruneStatistically(pruning_wrapper.PruneLowMagnitude):
         # is hold it wrapped once more: unwrap it.
         while isinstance(schedule.get("config"), dict) and "class_name" in schedule["config"]:
             schedule = schedule["config"]
-        if config.get("sparsity_m_by_n") is not None:
-            config["sparsity_m_by_n"] = tuple(config["sparsity_m_by_n"])
-        config["pruning_schedule"] = keras.utils.deserialize_keras_object(
+        schedule = keras.utils.deserialize_keras_object(
             schedule, module_objects=schedule_objects(), custom_objects=schedule_objects()
         )
-        config["layer"] = keras.layers.deserialize(config.pop("layer"))
-        return cls(**config)
+        layer = keras.layers.deserialize(config.pop("layer"))
+        return cls.from_settings(layer, schedule, settings, **config)
