@@ -1,0 +1,240 @@
+"""The one pruning step, the settings objects and the declarations of criteria."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from tensorflow_model_optimization.python.core.sparsity.keras import pruning_schedule
+
+import tfstatprune as tsp
+from tfstatprune._keras import keras
+from tfstatprune.criteria.registry import StatsRequest, get_criterion, register_criterion
+from tfstatprune.keras.callbacks import may_prune
+from tfstatprune.keras.config import (
+    MaskSettings,
+    PruneSettings,
+    StatsConfig,
+    settings_from_arguments,
+)
+from tfstatprune.keras.scoring import mask_units, score_units
+from tfstatprune.masking import column_floor, compute_masks, round_half_up
+from tfstatprune.schedules import schedule_decision
+
+BATCH = 20
+
+
+def _wrappers(model):
+    return [layer for layer in model.layers if isinstance(layer, tsp.PruneStatistically)]
+
+
+def _masks(model):
+    return {k: v for w in _wrappers(model) for k, v in w.current_masks().items()}
+
+
+# --- masking: the per-column floor -------------------------------------------------
+
+
+def _reference_floor_masks(scores, sparsity, count):
+    """Brute force: protect each column's ``count`` best, prune the lowest of the rest."""
+    rows, cols = scores.shape
+    protected = np.zeros(scores.shape, bool)
+    for j in range(cols):
+        order = sorted(range(rows), key=lambda i: (-scores[i, j], i))
+        protected[order[: min(count, rows)], j] = True
+    n_prune = min(round_half_up(sparsity * scores.size), int((~protected).sum()))
+    candidates = sorted(
+        (scores[i, j], i * cols + j)
+        for i in range(rows)
+        for j in range(cols)
+        if not protected[i, j]
+    )
+    keep = np.ones(scores.size, bool)
+    for _, flat in candidates[:n_prune]:
+        keep[flat] = False
+    return keep.reshape(scores.shape)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("count", [1, 2, 5])
+def test_column_floor_matches_a_brute_force_reference(seed, count):
+    rng = np.random.default_rng(seed)
+    scores = rng.normal(size=(4, 3))
+    for sparsity in (0.3, 0.6, 0.95):
+        got = compute_masks({"k": scores}, sparsity, keep_per_column={"k": count})["k"]
+        np.testing.assert_array_equal(got, _reference_floor_masks(scores, sparsity, count))
+        assert (got.sum(axis=0) >= min(count, 4)).all()
+
+
+def test_column_floor_applies_to_kernels_only_and_counts_per_class():
+    scores = {"bias": np.array([3.0, 1.0, 2.0])}
+    got = compute_masks(scores, 0.5, keep_per_column={"bias": 5})
+    assert got["bias"].tolist() == [True, False, False]  # not 2-D: no floor
+    assert column_floor(per_class=2, per_unit=1, output=True) == 2
+    assert column_floor(per_class=2, per_unit=3, output=True) == 3
+    assert column_floor(per_class=2, per_unit=1, output=False) == 1
+    with pytest.raises(ValueError, match="keep_per_column"):
+        compute_masks({"k": np.ones((2, 2))}, 0.5, keep_per_column={"k": -1})
+
+
+# --- criteria declare what the glue passes them --------------------------------------
+
+
+def test_a_declared_seed_option_gets_a_seed_per_unit_and_step(tiny_mlp_data):
+    model, x, y = tiny_mlp_data
+    seen = []
+
+    @register_criterion(
+        "_test_declared_seed", statistics=StatsRequest(gradients=False, seed="rng"), overwrite=True
+    )
+    def declared(theta, stats=None, *, rng=None):
+        seen.append(rng)
+        return np.random.default_rng(rng).random(np.shape(theta))
+
+    units = mask_units([model.get_layer("fc1"), model.get_layer("fc2")])
+    result = score_units(model, units, None, "_test_declared_seed", {}, StatsConfig(seed=7), step=3)
+    assert seen == [[7, 3, index] for index in range(len(units))]
+    for index, unit in enumerate(units):
+        expected = np.random.default_rng([7, 3, index]).random(unit.weights[0].shape)
+        np.testing.assert_array_equal(result.scores[unit.key], expected)
+    seen.clear()
+    score_units(model, units, None, "_test_declared_seed", {"rng": 1})
+    assert seen == [1] * len(units)  # the user's own value wins
+
+
+def test_the_registered_criteria_declare_seed_and_batchnorm_scale():
+    assert get_criterion("random").needs({}) == StatsRequest(gradients=False, seed="seed")
+    assert get_criterion("bn_scale").needs({}).bn_scale == "bn_gamma"
+    assert get_criterion("random").request({}) is None  # no data to collect
+    assert get_criterion("magnitude").needs({}).needs_data is False
+    assert get_criterion("wald").needs({}).needs_data is True
+
+
+# --- settings objects -----------------------------------------------------------------
+
+
+def test_settings_from_arguments_sorts_the_keywords():
+    prune, stats = settings_from_arguments(
+        criterion="wald_block",
+        scope="global",
+        granularity=[1, 4],
+        layers=["fc1"],
+        min_weights_per_unit=2,
+        substeps=3,
+        loss="mse",
+        max_examples=10,
+        seed=4,
+        verbose=0,
+        damping=0.1,
+    )
+    assert prune == PruneSettings(
+        MaskSettings("wald_block", {"damping": 0.1}, "global", (1, 4)),
+        layers=["fc1"],
+        min_weights_per_unit=2,
+        substeps=3,
+    )
+    assert stats == StatsConfig(loss="mse", max_examples=10, seed=4, verbose=0)
+    assert stats.collect_arguments(step=2)["seed"] == 6
+    assert "memory_budget_mb" not in stats.collect_arguments()
+    assert StatsConfig(memory_budget_mb=8).collect_arguments()["memory_budget_mb"] == 8
+    with pytest.raises(ValueError, match="scope"):
+        settings_from_arguments(scope="network")
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        MaskSettings(),
+        MaskSettings("obd", {"hessian": "ggn"}, "global", "unit", True),
+        MaskSettings("magnitude", granularity=(1, 4)),
+        MaskSettings("random", sparsity_m_by_n=(2, 4)),
+    ],
+)
+def test_mask_settings_round_trip_through_the_wrapper_config(settings):
+    assert MaskSettings.from_config(settings.get_config()) == settings
+    wrapper = tsp.PruneStatistically.from_settings(
+        keras.layers.Dense(4), tsp.OneShotSparsity(0.5), settings
+    )
+    wrapper.build((None, 8))
+    config = wrapper.get_config()
+    back = tsp.PruneStatistically.from_config(config)
+    assert back.settings == wrapper.settings
+    config.pop("layer")  # (the original inner layer is built, the new one not yet)
+    assert {k: v for k, v in back.get_config().items() if k != "layer"} == config
+
+
+# --- stats_data given once -------------------------------------------------------------
+
+
+def test_callbacks_use_the_stats_data_given_to_prune_statistically(tiny_mlp_data):
+    model, x, y = tiny_mlp_data
+    runs = {}
+    for passed_again in (False, True):
+        keras.utils.set_random_seed(1)
+        pruned = tsp.prune_statistically(model, (x, y), "wald", tsp.OneShotSparsity(0.5))
+        pruned.compile("adam", "sparse_categorical_crossentropy")
+        cbs = tsp.callbacks((x, y), verbose=0) if passed_again else tsp.callbacks(verbose=0)
+        pruned.fit(x, y, epochs=1, batch_size=BATCH, callbacks=cbs, shuffle=False, verbose=0)
+        assert cbs[0].history[0]["examples"] == len(x)
+        runs[passed_again] = _masks(pruned)
+    for key, mask in runs[True].items():
+        np.testing.assert_array_equal(runs[False][key], mask)
+
+
+def test_a_criterion_needing_data_without_any_is_a_clear_error(tiny_mlp_data):
+    model, x, y = tiny_mlp_data
+    pruned = tsp.prune_statistically(model, None, "wald", tsp.OneShotSparsity(0.5))
+    pruned.compile("adam", "sparse_categorical_crossentropy")
+    with pytest.raises(ValueError, match="needs statistics.*prune_statistically.*callbacks"):
+        pruned.fit(x, y, epochs=1, batch_size=BATCH, callbacks=tsp.callbacks(verbose=0))
+    plain = tsp.prune_statistically(model, None, "magnitude", tsp.OneShotSparsity(0.5))
+    plain.compile("adam", "sparse_categorical_crossentropy")
+    plain.fit(x, y, epochs=1, batch_size=BATCH, callbacks=tsp.callbacks(verbose=0), verbose=0)
+    assert all(float(m.mean()) == 0.5 for m in _masks(plain).values())
+
+
+# --- one step for both entry points -----------------------------------------------------
+
+
+@pytest.mark.parametrize("criterion", ["wald", "magnitude"])
+def test_prune_once_and_the_callback_take_the_same_step(tiny_mlp_data, criterion):
+    model, x, y = tiny_mlp_data
+    once = tsp.prune_once(model, (x, y), 0.6, criterion, verbose=0)
+    pruned = tsp.prune_statistically(model, (x, y), criterion, tsp.OneShotSparsity(0.6))
+    pruned.compile("adam", "sparse_categorical_crossentropy")
+    callback = tsp.callbacks(verbose=0)[0]
+    callback.set_model(pruned)
+    callback.on_train_begin()
+    callback.on_epoch_begin(0)  # the masks of step 0, before any training
+    for wrapper in _wrappers(pruned):
+        kernel = once.get_layer(wrapper.layer.name).kernel.numpy()
+        mask = wrapper.pruning_vars[0][1].numpy()
+        np.testing.assert_array_equal(mask, (kernel != 0).astype(mask.dtype))
+
+
+# --- the callback's per-batch work ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        pruning_schedule.ConstantSparsity(0.5, 0, end_step=0),
+        pruning_schedule.ConstantSparsity(0.5, 2, end_step=11, frequency=3),
+        pruning_schedule.ConstantSparsity(0.5, 1, end_step=-1, frequency=4),
+        pruning_schedule.PolynomialDecay(0.1, 0.8, 3, 9, frequency=2),
+    ],
+)
+def test_may_prune_agrees_with_tfmots_own_schedules(schedule):
+    for step in range(-2, 30):
+        assert may_prune(schedule, step) == schedule_decision(schedule, step).should_prune, step
+
+
+def test_the_counted_step_follows_the_wrappers_across_epochs(tiny_mlp_data):
+    model, x, y = tiny_mlp_data
+    schedule = pruning_schedule.PolynomialDecay(0.2, 0.6, begin_step=2, end_step=8, frequency=3)
+    pruned = tsp.prune_statistically(model, (x, y), "magnitude", schedule)
+    pruned.compile("adam", "sparse_categorical_crossentropy")
+    cbs = tsp.callbacks(verbose=0)
+    pruned.fit(x, y, epochs=4, batch_size=BATCH, callbacks=cbs, verbose=0)  # 3 batches each
+    assert [h["step"] for h in cbs[0].history] == [2, 5, 8]
+    assert all(int(w.mask_step.numpy()) == 8 for w in _wrappers(pruned))
+    assert all(int(w.pruning_step.numpy()) == 12 for w in _wrappers(pruned))
