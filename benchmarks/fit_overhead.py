@@ -87,14 +87,24 @@ def measure(examples: int, rounds: int) -> dict[str, list[float]]:
     return seconds
 
 
+def ratios(seconds: dict[str, list[float]], a: str, b: str) -> list[float]:
+    """Per-round ratios of ``a``'s epoch time to ``b``'s (same round, same load)."""
+    return [p / q for p, q in zip(seconds[a], seconds[b], strict=True)]
+
+
 def report(seconds: dict[str, list[float]], examples: int, command: str) -> str:
     def ratio(a: str, b: str) -> float:
-        return statistics.median(p / q for p, q in zip(seconds[a], seconds[b], strict=True))
+        return statistics.median(ratios(seconds, a, b))
+
+    def spread(a: str, b: str) -> str:
+        values = sorted(ratios(seconds, a, b))
+        quartiles = statistics.quantiles(values, n=4) if len(values) > 1 else values * 3
+        return f"{quartiles[0]:.3f}-{quartiles[2]:.3f} ({values[0]:.3f}-{values[-1]:.3f})"
 
     ours = ratio("tfstatprune", "tfmot")
     rows = [
         f"| {name} | {statistics.median(values):.2f} | "
-        f"{ratio(name, 'plain'):.3f} | {ratio(name, 'tfmot'):.3f} |"
+        f"{ratio(name, 'plain'):.3f} | {ratio(name, 'tfmot'):.3f} | {spread(name, 'tfmot')} |"
         for name, values in seconds.items()
     ]
     verdict = "met" if ours <= TARGET else "not met"
@@ -107,12 +117,13 @@ def report(seconds: dict[str, list[float]], examples: int, command: str) -> str:
             f"LeNet-300-100, {examples} MNIST examples per epoch, batch {BATCH_SIZE}, pruned "
             f"to {SPARSITY:.0%} at step 0 by tfmot's ConstantSparsity (end_step=0); "
             f"{len(seconds['plain'])} interleaved rounds of one epoch each after a warm-up "
-            f"epoch; median epoch seconds and median per-round ratios. Machine: "
+            f"epoch; median epoch seconds and median per-round ratios; the spread of the "
+            f"per-round ratios vs tfmot as quartiles (and min-max). Machine: "
             f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
             f"load average {os.getloadavg()[0]:.1f} at the end.",
             "",
-            "| model | epoch s | vs plain | vs tfmot |",
-            "|:--|--:|--:|--:|",
+            "| model | epoch s | vs plain | vs tfmot | vs tfmot, spread |",
+            "|:--|--:|--:|--:|--:|",
             *rows,
             "",
             f"Target tfstatprune / tfmot <= {TARGET}: {verdict} ({ours:.3f}).",

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from tensorflow_model_optimization.python.core.sparsity.keras import (
     pruning_callbacks,
+    pruning_schedule,
     pruning_wrapper,
 )
 
@@ -24,7 +25,7 @@ from tfstatprune.keras.wrapper import PruneStatistically, stats_data_of
 from tfstatprune.schedules import IterativeSparsity, schedule_decision
 from tfstatprune.stats.keys import weight_keys
 
-__all__ = ["StatisticalPruning", "callbacks"]
+__all__ = ["StatisticalPruning", "callbacks", "may_prune"]
 
 
 class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
@@ -97,10 +98,16 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
         self.history: list[dict[str, Any]] = []
         self._wrappers: list[PruneStatistically] = []
         self._started = False
+        self._step: int | None = None
+        self._counting = True
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         super().on_train_begin(logs)
         self._started = False
+        self._step = None
+        # One on_train_batch_begin per step, unless Keras runs several per call.
+        per_call = getattr(self.model, "_steps_per_execution", None)
+        self._counting = per_call is None or int(per_call.numpy()) == 1
         self._wrappers = [
             layer
             for layer in pruning_wrapper.collect_prunable_layers(self.model)
@@ -125,22 +132,33 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
                         "tfstatprune.callbacks(stats_data)"
                     )
 
-    # The step is read from the wrappers, not counted here: callbacks that restore
-    # the model (BackupAndRestore) may run after on_train_begin, and tfmot's
-    # custom-training-loop protocol calls only on_train_begin, on_train_batch_begin
-    # and on_epoch_end. The masks of the step training starts from (step 0 of a new
-    # model) are set at the first epoch's start (for PruningSummaries), or batch's.
+    # The step is read from the wrappers once per epoch (and after on_train_begin:
+    # callbacks that restore the model, BackupAndRestore, may run after ours), then
+    # counted here: a device read per batch would cost what tfmot's callback does not.
+    # tfmot's custom-training-loop protocol calls only on_train_begin,
+    # on_train_batch_begin and on_epoch_end. The masks of the step training starts from
+    # (step 0 of a new model) are set at the first epoch's start (for
+    # PruningSummaries), or batch's.
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._step = None
         self._start()
 
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
         # The wrapper increments its step counter at the start of the training
         # call and evaluates the schedule at the new value.
-        self._update(self._start() + 1)
+        step = self._start() + 1
+        self._step = step if self._counting else None
+        self._update(step)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        super().on_epoch_end(epoch, logs)
+        self._step = None
 
     def _start(self) -> int:
         """The wrappers' step; the first time, also its masks."""
-        step = int(self._wrappers[0].pruning_step.numpy())
+        if self._step is None:
+            self._step = int(self._wrappers[0].pruning_step.numpy())
+        step = self._step
         if not self._started:
             self._started = True
             self._update(step)
@@ -148,15 +166,20 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
 
     def _update(self, step: int) -> None:
         # Runs before every batch: each schedule is asked once (wrappers usually share
-        # one), and a wrapper's mask_step is read from the device only at pruning steps.
+        # one; tfmot's own are answered in Python, see may_prune), and a wrapper's
+        # mask_step is read from the device only at pruning steps.
         due = []
         decisions: dict[int, Any] = {}
         for wrapper in self._wrappers:
             schedule = wrapper.pruning_schedule
             if id(schedule) not in decisions:
-                decisions[id(schedule)] = schedule_decision(schedule, step)
+                decisions[id(schedule)] = (
+                    schedule_decision(schedule, step) if may_prune(schedule, step) else None
+                )
             decision = decisions[id(schedule)]
-            if not decision.should_prune or int(wrapper.mask_step.numpy()) == step:
+            if decision is None or not decision.should_prune:
+                continue
+            if int(wrapper.mask_step.numpy()) == step:
                 continue
             if decision.sparsity > 0 and wrapper.pruning_vars:
                 due.append((wrapper, decision.sparsity))
@@ -250,6 +273,28 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
         batchnorm = iterative if self.reset_batchnorm is None else self.reset_batchnorm
         if dropout or batchnorm:
             adjust_after_pruning(self.model, changes, dropout=dropout, batchnorm=batchnorm)
+
+
+_TFMOT_SCHEDULES = (pruning_schedule.ConstantSparsity, pruning_schedule.PolynomialDecay)
+
+
+def may_prune(schedule: Any, step: int) -> bool:
+    """False when ``schedule`` is one of tfmot's own and does not prune at ``step``.
+
+    tfmot's ``ConstantSparsity`` and ``PolynomialDecay`` prune at the steps
+    ``begin_step <= step <= end_step`` (``end_step < 0``: no end) with
+    ``(step - begin_step) % frequency == 0``
+    (``PruningSchedule._should_prune_in_step``); asking them means a few eager
+    TensorFlow ops, which the callback would otherwise pay before every batch.
+    Any other schedule (subclasses included) may prune: it is asked.
+
+    >>> may_prune(pruning_schedule.ConstantSparsity(0.5, 0, end_step=0), 1)
+    False
+    """
+    if type(schedule) not in _TFMOT_SCHEDULES:
+        return True
+    begin, end = schedule.begin_step, schedule.end_step
+    return begin <= step and (step <= end or end < 0) and (step - begin) % schedule.frequency == 0
 
 
 def _sparsity(wrapper: PruneStatistically) -> float:

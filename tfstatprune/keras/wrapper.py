@@ -30,7 +30,7 @@ from tfstatprune.criteria import get_criterion
 from tfstatprune.granularity import check_granularity, groups_follow_bias
 from tfstatprune.keras.config import MaskSettings
 from tfstatprune.masking import SCOPES
-from tfstatprune.schedules import IterativeSparsity, OneShotSparsity
+from tfstatprune.schedules import IterativeSparsity, OneShotSparsity, schedule_decision
 from tfstatprune.stats.keys import weight_keys
 
 __all__ = [
@@ -103,15 +103,17 @@ class _ExternalMasks(pruning_impl.Pruning):
     def __init__(self, mask_step: tf.Variable, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._mask_step = mask_step
+        # Step 0 is a constant: asked once here, not in every training step's graph.
+        self._prunes_at_start = schedule_decision(self._pruning_schedule, 0).should_prune
 
     def conditional_mask_update(self) -> tf.Operation:
         step = self._step_fn()
         should_prune = self._pruning_schedule(step)[0]
         ok = tf.logical_or(tf.logical_not(should_prune), tf.equal(self._mask_step, step))
-        first = tf.equal(step, 1)
-        start = self._pruning_schedule(tf.constant(0, step.dtype))[0]
-        started = tf.logical_or(tf.logical_not(tf.logical_and(first, start)), self._mask_step >= 0)
-        return tf.debugging.Assert(tf.logical_and(ok, started), [_NO_MASKS_MESSAGE, step])
+        if self._prunes_at_start:
+            started = tf.logical_or(tf.not_equal(step, 1), self._mask_step >= 0)
+            ok = tf.logical_and(ok, started)
+        return tf.debugging.Assert(ok, [_NO_MASKS_MESSAGE, step])
 
     def _weight_assign_objs(self) -> list[Any]:
         """``weights = masked(weights)``; tfmot's ``weights * mask`` keeps a NaN as NaN."""
