@@ -143,7 +143,8 @@ def masked(weight: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
     >>> masked(tf.constant([1.0, float("nan")]), tf.constant([1.0, 0.0])).numpy().tolist()
     [1.0, 0.0]
     """
-    return tf.where(tf.cast(mask, tf.bool), weight, tf.zeros_like(weight))
+    # One op, as tfmot's ``weight * mask``: the product, or 0 wherever the mask is 0.
+    return tf.math.multiply_no_nan(weight, tf.cast(mask, weight.dtype))
 
 
 @keras.utils.register_keras_serializable(package="tfstatprune")
