@@ -102,7 +102,7 @@ def prune_statistically(
     """Wrap every prunable layer of a copy of ``model`` for statistical pruning.
 
     The returned model is compiled and fitted as usual, with
-    ``callbacks=tfstatprune.callbacks(stats_data)``; at each pruning step of the
+    ``callbacks=tfstatprune.callbacks()``; at each pruning step of the
     schedule its masks are set from the criterion's scores.
 
     Args:
@@ -113,8 +113,9 @@ def prune_statistically(
         wrapper) or a list of layers (returns their wrappers; build the model
         from them).
       stats_data: ``(x, y)`` arrays or a ``tf.data.Dataset`` of ``(x, y)``
-        batches; checked here against the model's input (pass the same data to
-        :func:`tfstatprune.callbacks`).
+        batches; checked here against the model's input, and used by
+        :func:`tfstatprune.callbacks` when it is given none (passing it there
+        again, or other data, is allowed).
       criterion: a name from ``tfstatprune.available_criteria()`` or a callable
         ``(theta, stats, **options) -> scores``.
       pruning_schedule: a tfmot ``PruningSchedule``; default

@@ -150,8 +150,9 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
         self._step = step if self._counting else None
         self._update(step)
 
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        super().on_epoch_end(epoch, logs)
+    def on_epoch_end(self, batch: int, logs: dict | None = None) -> None:
+        # (tfmot's name for the argument, which its custom-loop guide passes by keyword)
+        super().on_epoch_end(batch, logs)
         self._step = None
 
     def _start(self) -> int:
