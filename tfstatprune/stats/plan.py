@@ -15,13 +15,14 @@ the collector), the plan says
   allocation and the decoding cannot disagree.
 
 Example:
+  >>> import numpy as np
   >>> layout = Layout()
   >>> layout.add(("weight", 0, "sum"), (2, 3))
   >>> layout.add(("examples",), ())
-  >>> import tensorflow as tf
-  >>> [t.shape for t in layout.pack({("examples",): 4.0, ("weight", 0, "sum"): tf.ones((2, 3))})]
-  [TensorShape([2, 3]), TensorShape([])]
-  >>> float(layout.unpack([tf.ones((2, 3)), tf.constant(4.0)])[("examples",)])
+  >>> values = {("examples",): 4.0, ("weight", 0, "sum"): np.ones((2, 3))}
+  >>> [np.shape(v) for v in layout.pack(values)]
+  [(2, 3), ()]
+  >>> float(layout.unpack([np.ones((2, 3)), 4.0])[("examples",)])
   4.0
 """
 
