@@ -84,9 +84,7 @@ class Layout:
     def __len__(self) -> int:
         return len(self.shapes)
 
-    def __contains__(self, name: object) -> bool:
-        return name in self._index
-
+    @tf.autograph.experimental.do_not_convert
     def pack(self, values: Mapping[SlotName, Any]) -> list[Any]:
         """``values`` in slot order; every slot must be given, nothing else."""
         unknown = set(values) - set(self._index)
