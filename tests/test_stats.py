@@ -120,3 +120,31 @@ def test_a_recompiled_loss_is_used(tiny_mlp_data):
     np.testing.assert_allclose(
         doubled.weights[name].sumsq, 4 * first.weights[name].sumsq, rtol=1e-5
     )
+
+
+def test_layer_statistics_are_a_map_of_their_own(tiny_mlp_data):
+    """Per-layer records in ``CollectedStatistics.layers``, checked in float64 numpy.
+
+    The input factor of a Dense layer is ``X~^T X~`` of its inputs with a column
+    of ones (bias); the zero count of a ReLU layer is the number of zeros of its
+    output per unit. The kernel's record refers to the same layer record.
+    """
+    model, x, y = tiny_mlp_data
+    got = collect_statistics(model, (x, y), kronecker=True, activations=True, verbose=0)
+    assert set(got.layers) == {"fc1", "fc2", "output"}
+    inputs = np.asarray(x, np.float64).reshape(len(x), -1)
+    for name in ("fc1", "fc2"):
+        layer = model.get_layer(name)
+        a = np.hstack([inputs, np.ones((len(x), 1))])
+        assert relative_error(got.layers[name].kronecker.inputs, a.T @ a) < RTOL_FLOAT32
+        kernel, bias = (w.numpy().astype(np.float64) for w in layer.weights)
+        z = inputs @ kernel + bias
+        inputs = np.tanh(z) if name == "fc1" else np.maximum(z, 0.0)
+        if name == "fc2":
+            np.testing.assert_array_equal(got.layers[name].activations.zeros, (z <= 0).sum(0))
+        assert got.weights[f"{name}/kernel:0"].layer is got.layers[name]
+        assert got.weights[f"{name}/kernel:0"].kronecker is got.layers[name].kronecker
+        assert got.weights[f"{name}/bias:0"].layer is None
+    plain = collect_statistics(model, (x, y), verbose=0)
+    assert plain.layers == {}
+    assert all(st.kronecker is None and st.activations is None for st in plain.weights.values())

@@ -1,4 +1,8 @@
-"""Turn user data (arrays, ``(x, y)`` pairs, ``tf.data``) into example arrays."""
+"""Turn user data (arrays, ``(x, y)`` pairs, ``tf.data``) into example arrays.
+
+The data forms and how single examples are told from batches are the
+statistics' (:mod:`tfstatprune.stats.data`); here ``x`` alone is allowed too.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +12,9 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from tfstatprune.stats.data import is_single_example, split_pair
+
 __all__ = ["examples", "labelled_examples"]
-
-
-def _split_pair(element: Any) -> tuple[Any, Any]:
-    """``(x, y)`` from an ``(x, y)`` / ``(x, y, w)`` tuple, ``(x, None)`` from ``x``."""
-    if isinstance(element, tuple | list):
-        return element[0], element[1] if len(element) > 1 else None
-    return element, None
 
 
 def _batches(data: Any, example_rank: int) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
@@ -25,12 +24,12 @@ def _batches(data: Any, example_rank: int) -> Iterator[tuple[np.ndarray, np.ndar
     else:
         elements = iter([data])
     for element in elements:
-        x, y = _split_pair(element)
+        x, y = split_pair(element)
         if isinstance(x, dict):
             raise TypeError("inputs given as a dict are not supported; pass arrays")
         x = np.asarray(x)
         y = None if y is None else np.asarray(y)
-        if x.ndim == example_rank:  # a single example
+        if is_single_example(x.ndim, example_rank):
             x = x[None]
             y = None if y is None else y[None]
         elif x.ndim != example_rank + 1:

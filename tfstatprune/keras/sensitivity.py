@@ -30,6 +30,7 @@ import tensorflow as tf
 
 from tfstatprune._keras import keras
 from tfstatprune.keras.layers import iter_layers, prunable_weights
+from tfstatprune.stats.data import split_pair
 from tfstatprune.stats.sensitivity import true_class_output
 
 __all__ = ["DEFAULT_BATCH_SIZE", "SensitivityRegularization", "output_sensitivity"]
@@ -141,9 +142,9 @@ class SensitivityRegularization(keras.callbacks.Callback):
         data = self.data
         if isinstance(data, tf.data.Dataset):
             for element in data.repeat():
-                yield element[0], element[1]
+                yield split_pair(element)
             return
-        x, y = data[0], data[1]
+        x, y = split_pair(data)
         n = len(x)
         rng = np.random.default_rng(self.seed)
         while True:

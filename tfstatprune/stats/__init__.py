@@ -10,7 +10,7 @@ from tfstatprune.stats.collector import (
 )
 from tfstatprune.stats.keys import WeightKeys, weight_keys
 from tfstatprune.stats.losses import PerExampleLoss, resolve_loss
-from tfstatprune.stats.moments import WeightStatistics
+from tfstatprune.stats.moments import LayerStatistics, WeightStatistics
 from tfstatprune.stats.registry import register_rule, registered_rules, rule_for
 from tfstatprune.stats.rules import (
     BatchMoments,
@@ -41,6 +41,7 @@ __all__ = [
     "EmbeddingRule",
     "GenericPathWarning",
     "GradientRule",
+    "LayerStatistics",
     "NoSignalWarning",
     "NonFiniteDataError",
     "PerExampleLoss",

@@ -35,13 +35,17 @@ training loss was reduced.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
+
+from tfstatprune.stats.activations import ActivationStatistics
+from tfstatprune.stats.kronecker import KroneckerFactors
 
 __all__ = [
     "MIN_EXAMPLES",
     "VARIANCE_RTOL",
+    "LayerStatistics",
     "WeightStatistics",
     "chunk_rounding",
     "require_examples",
@@ -84,17 +88,86 @@ def require_examples(count: int, what: str) -> None:
         )
 
 
-class WeightStatistics(NamedTuple):
-    """Per-example gradient moments of one weight tensor (see module docstring)."""
+class LayerStatistics(NamedTuple):
+    """Statistics of one layer as a whole, each None unless asked for.
 
+    Attributes:
+      kronecker: the Kronecker factors of a Dense or Conv layer's ``[W; b]``
+        (:mod:`tfstatprune.stats.kronecker`).
+      activations: the zero counts of its activations
+        (:mod:`tfstatprune.stats.activations`).
+    """
+
+    kronecker: KroneckerFactors | None = None
+    activations: ActivationStatistics | None = None
+
+    def merge(self, other: LayerStatistics) -> LayerStatistics:
+        """Combine two disjoint sets of examples; a record missing on either side is None."""
+        return LayerStatistics(
+            *(
+                None if mine is None or theirs is None else mine.merge(theirs)
+                for mine, theirs in zip(self, other, strict=True)
+            )
+        )
+
+
+class _WeightFields(NamedTuple):
     count: int
     sum: np.ndarray
     sumsq: np.ndarray
     curvature: np.ndarray | None = None
     regularizer_curvature: np.ndarray | float = 0.0
-    kronecker: Any = None  # KroneckerFactors of the layer, on a Dense kernel when asked
-    activations: Any = None  # ActivationStatistics of the layer, on its kernel when asked
-    rounding: float = 0.0  # relative rounding bound of the variance, see chunk_rounding
+    layer: LayerStatistics | None = None
+    rounding: float = 0.0
+
+
+class WeightStatistics(_WeightFields):
+    """Per-example gradient moments of one weight tensor (see module docstring).
+
+    Attributes:
+      count, sum, sumsq, curvature, regularizer_curvature: as in the module
+        docstring.
+      layer: the statistics of the layer that owns the weight
+        (:class:`LayerStatistics`; the collector attaches them to the layer's
+        kernel when asked for), or None.
+      rounding: relative rounding bound of the variance, see :func:`chunk_rounding`.
+
+    ``kronecker=`` and ``activations=`` (keyword only) build ``layer`` from its
+    two records; ``kronecker`` and ``activations`` read them back.
+    """
+
+    __slots__ = ()
+
+    def __new__(
+        cls,
+        count: int,
+        sum: np.ndarray,  # noqa: A002 (the field's name)
+        sumsq: np.ndarray,
+        curvature: np.ndarray | None = None,
+        regularizer_curvature: np.ndarray | float = 0.0,
+        layer: LayerStatistics | None = None,
+        rounding: float = 0.0,
+        *,
+        kronecker: KroneckerFactors | None = None,
+        activations: ActivationStatistics | None = None,
+    ) -> WeightStatistics:
+        if kronecker is not None or activations is not None:
+            if layer is not None:
+                raise ValueError("pass layer= or kronecker=/activations=, not both")
+            layer = LayerStatistics(kronecker, activations)
+        return super().__new__(
+            cls, count, sum, sumsq, curvature, regularizer_curvature, layer, rounding
+        )
+
+    @property
+    def kronecker(self) -> KroneckerFactors | None:
+        """The owning layer's Kronecker factors (``layer.kronecker``), or None."""
+        return None if self.layer is None else self.layer.kronecker
+
+    @property
+    def activations(self) -> ActivationStatistics | None:
+        """The owning layer's activation zero counts (``layer.activations``), or None."""
+        return None if self.layer is None else self.layer.activations
 
     @classmethod
     def zeros(cls, shape: tuple[int, ...], *, with_curvature: bool = False) -> WeightStatistics:
@@ -119,11 +192,8 @@ class WeightStatistics(NamedTuple):
             np.add(self.sumsq, other.sumsq, dtype=np.float64),
             curvature,
             self.regularizer_curvature,
-            self.kronecker.merge(other.kronecker)
-            if self.kronecker is not None and other.kronecker is not None
-            else None,
-            self.activations.merge(other.activations)
-            if self.activations is not None and other.activations is not None
+            self.layer.merge(other.layer)
+            if self.layer is not None and other.layer is not None
             else None,
             max(self.rounding, other.rounding),
         )
