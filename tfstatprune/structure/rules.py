@@ -370,10 +370,16 @@ class Activation(Channelwise):
 
 
 class ElementwiseOp(Channelwise):
-    """A TF op layer (``TFOpLambda``) of one tensor and scalars, e.g. ``x + 3.0``."""
+    """A TF op layer (``TFOpLambda``) acting entry by entry: of one tensor and
+    scalars (``x + 3.0``: channel-wise), or of two tensors of the same channels
+    (``x * y``: an aligned merge, as :class:`Aligned`)."""
 
     def __init__(self) -> None:
         super().__init__(self._apply, passes_connections=True)
+
+    @staticmethod
+    def _function(call: LayerCall) -> str | None:
+        return call.inner.get_config().get("function")
 
     @staticmethod
     def _arguments(call: LayerCall) -> list[Any]:
@@ -381,13 +387,25 @@ class ElementwiseOp(Channelwise):
         return [] if node is None else [*node.call_args, *node.call_kwargs.values()]
 
     def unsupported(self, call):
-        function = call.inner.get_config().get("function")
+        function = self._function(call)
         if function not in ELEMENTWISE_OPS:
             return f"applies the TF op {function!r}, which is not known to be element-wise"
         others = [a for a in self._arguments(call) if not hasattr(a, "_keras_history")]
         if any(not isinstance(a, (int, float, type(None), str)) for a in others):
             return f"applies {function!r} to a tensor that is not a scalar"
+        if len(call.inputs) == 2 and function in _BINARY_OPS:
+            return _BINARY_OPS[function].unsupported(call)
         return super().unsupported(call)
+
+    def forward(self, call, inputs, graph):
+        if len(call.inputs) == 2:
+            return _BINARY_OPS[self._function(call)].forward(call, inputs, graph)
+        return super().forward(call, inputs, graph)
+
+    def fold(self, call, values):
+        if len(call.inputs) == 2:
+            return _BINARY_OPS[self._function(call)].fold(call, values)
+        return super().fold(call, values)
 
     @staticmethod
     def _apply(call: LayerCall, values: Values) -> Values:
@@ -591,6 +609,18 @@ class Concatenate(Aligned):
 
 # ----------------------------------------------------------------------------- registry
 
+_SUM = Aligned(lambda values: values.sum(axis=0))
+_DIFFERENCE = Aligned(lambda values: values[0] - values[1])
+_PRODUCT = Aligned(_product)
+# TF ops of two tensors that merge them channel by channel.
+_BINARY_OPS: dict[str, Aligned] = {
+    "__operators__.add": _SUM,
+    "math.add": _SUM,
+    "__operators__.sub": _DIFFERENCE,
+    "math.subtract": _DIFFERENCE,
+    "math.multiply": _PRODUCT,
+}
+
 _KEPT = Channelwise(kept)
 _DROPOUT = _POOLED = Channelwise(kept, passes_to_norm=True)
 _APPLIED = Channelwise(applied, passes_connections=True)
@@ -647,9 +677,9 @@ _RULES: dict[type, ChannelRule] = {
     keras.layers.ZeroPadding3D: _ZERO_PADDED,
     keras.layers.Flatten: Reshape(),
     keras.layers.Reshape: Reshape(),
-    keras.layers.Add: Aligned(lambda values: values.sum(axis=0)),
-    keras.layers.Subtract: Aligned(lambda values: values[0] - values[1]),
-    keras.layers.Multiply: Aligned(_product),
+    keras.layers.Add: _SUM,
+    keras.layers.Subtract: _DIFFERENCE,
+    keras.layers.Multiply: _PRODUCT,
     keras.layers.Average: Aligned(lambda values: values.mean(axis=0)),
     keras.layers.Maximum: Aligned(lambda values: values.max(axis=0)),
     keras.layers.Minimum: Aligned(lambda values: values.min(axis=0)),
