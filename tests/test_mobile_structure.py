@@ -14,6 +14,7 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+from test_shrink import kill, randomize
 
 import tfstatprune as tsp
 from tfstatprune import compare, models
@@ -83,16 +84,6 @@ def kws_model() -> keras.Model:
     return keras.Model(inputs, keras.layers.Dense(12, name="head")(x))
 
 
-def kill(layer: keras.layers.Layer, units) -> None:
-    kernel = layer.kernel.numpy()
-    kernel[..., units] = 0
-    layer.kernel.assign(kernel)
-    if layer.bias is not None:
-        bias = layer.bias.numpy()
-        bias[units] = 0
-        layer.bias.assign(bias)
-
-
 def max_diff(a: keras.Model, b: keras.Model, x: np.ndarray) -> float:
     return float(np.abs(a(x, training=False) - b(x, training=False)).max())
 
@@ -125,18 +116,7 @@ def test_a_dead_expand_filter_removes_its_depthwise_channel_and_excitation_unit(
 
 def test_shrink_stays_exact_when_normalization_makes_the_dead_channels_constant():
     model = inverted_residual()
-    rng = np.random.default_rng(1)
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            c = layer.gamma.shape[0]
-            layer.set_weights(
-                [
-                    rng.uniform(0.5, 1.5, c),
-                    rng.normal(0, 0.3, c),
-                    rng.normal(0, 0.3, c),
-                    rng.uniform(0.5, 2.0, c),
-                ]
-            )
+    randomize(model, seed=1)
     kill(model.get_layer("expand"), [0, 2])
     result = shrink(model)
     assert max_diff(model, result.model, _images()) <= ATOL_EXACT
@@ -249,12 +229,14 @@ def test_stock_mobilenets_prune_by_filter_and_shrink(name):
 
     options = {"alpha": 0.35} if name == "MobileNetV2" else {}
     model = getattr(tf_keras.applications, name)(
-        weights=None, input_shape=(96, 96, 3), classes=10, **options
+        weights=None, input_shape=(96, 96, 3), classes=10, classifier_activation=None, **options
     )
     x = np.random.default_rng(0).uniform(0, 255, (64, 96, 96, 3)).astype("float32")
     y = np.random.default_rng(1).integers(0, 10, 64)
     pruned = tsp.prune_once(model, (x, y), 0.5, "magnitude", granularity="filter", verbose=0)
     final = tsp.strip_pruning(pruned)
     result = tsp.shrink(final)
-    assert max_diff(final, result.model, x[:8]) <= ATOL_EXACT
+    scale = float(np.abs(final(x[:8], training=False)).max())
+    # logits of a random-init, half-pruned net are tiny: the bound is relative to them
+    assert max_diff(final, result.model, x[:8]) <= ATOL_EXACT * min(scale, 1.0)
     assert result.params_after < result.params_before
