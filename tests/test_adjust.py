@@ -38,14 +38,15 @@ def _functional():
 
 def test_graph_walks_find_the_dropout_before_and_the_batchnorm_after():
     model = _sequential()
-    assert [d.name for d in dropouts_before(model.get_layer("fc2"))] == ["drop"]
-    assert dropouts_before(model.get_layer("fc1")) == []
-    assert [b.name for b in batchnorms_after(model.get_layer("fc2"))] == ["bn"]
-    assert batchnorms_after(model.get_layer("output")) == []
+    assert [d.name for d in dropouts_before(model, model.get_layer("fc2"))] == ["drop"]
+    assert dropouts_before(model, model.get_layer("fc1")) == []
+    assert [b.name for b in batchnorms_after(model, model.get_layer("fc2"))] == ["bn"]
+    assert batchnorms_after(model, model.get_layer("output")) == []
     functional = _functional()
-    assert [d.name for d in dropouts_before(functional.get_layer("a"))] == ["d1"]
-    assert [d.name for d in dropouts_before(functional.get_layer("b"))] == ["d2"]
-    assert batchnorms_after(functional.get_layer("a")) == []  # Add is not looked through
+    assert [d.name for d in dropouts_before(functional, functional.get_layer("a"))] == ["d1"]
+    assert [d.name for d in dropouts_before(functional, functional.get_layer("b"))] == ["d2"]
+    # Add is not looked through
+    assert batchnorms_after(functional, functional.get_layer("a")) == []
 
 
 def test_adjust_scales_the_rate_by_sqrt_of_kept_connections_and_resets_statistics():

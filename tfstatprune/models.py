@@ -25,10 +25,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
-
 from tfstatprune._keras import keras
 from tfstatprune.datasets import IMAGE_SHAPE, NUM_CLASSES
+from tfstatprune.structure.cost import kernel_parameters
 
 __all__ = [
     "DEFAULT_LEARNING_RATE",
@@ -237,20 +236,4 @@ def count_params(model: keras.Model, *, include_biases: bool = True) -> int:
     """
     if not model.built:
         raise ValueError(f"Model {model.name!r} is not built; call it or build it first.")
-    attributes = ("kernel", "bias") if include_biases else ("kernel",)
-    total = 0
-    for layer in _leaf_layers(model):
-        for attribute in attributes:
-            variable = getattr(layer, attribute, None)
-            if variable is not None:
-                total += int(np.prod(variable.shape))
-    return total
-
-
-def _leaf_layers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
-    """``layer``'s innermost layers, looking through nested models and wrappers."""
-    if isinstance(layer, keras.Model):
-        return [leaf for sub in layer.layers for leaf in _leaf_layers(sub)]
-    if isinstance(layer, keras.layers.Wrapper):
-        return _leaf_layers(layer.layer)
-    return [layer]
+    return kernel_parameters(model, include_biases=include_biases)

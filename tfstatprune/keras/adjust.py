@@ -14,24 +14,27 @@ be adapted for pruned networks":
   describe activations that no longer exist; they are reset (to their
   initial values, 0 and 1) and re-learned during retraining.
 
-The Dropout feeding a layer is found by walking the model graph backwards
-from the layer's inputs (Sequential or functional: the inbound nodes) through
-layers that only reshape or apply an element-wise activation; the
-BatchNormalization layers after it by walking forwards through the same kind
-of layers (and Dropout and pooling). Changing a Dropout rate re-traces the
+The Dropout feeding a layer is found by walking the model's layer calls
+backwards from the layer's inputs through layers that only reshape or apply an
+element-wise activation; the BatchNormalization layers after it by walking
+forwards through the same kind of layers (and Dropout and pooling). Which
+layers those are is their channel rule's ``passes_connections`` /
+``passes_to_norm`` (:mod:`tfstatprune.structure.rules`). Changing a Dropout rate re-traces the
 model's training function, so that a ``fit`` in progress uses the new rate.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import numpy as np
 
 from tfstatprune._keras import keras
 from tfstatprune.stats.keys import key_of
+from tfstatprune.structure.rules import rule_for
+from tfstatprune.structure.walk import LayerCall, layer_calls, readers_of, tensor_key
 
 __all__ = [
     "Adjustments",
@@ -41,26 +44,6 @@ __all__ = [
     "dropouts_before",
     "reset_batchnorm",
 ]
-
-# Layers between a Dropout (or a BatchNormalization) and a pruned layer that
-# do not change which connections exist.
-_PASS_THROUGH = (
-    keras.layers.Flatten,
-    keras.layers.Reshape,
-    keras.layers.Activation,
-    keras.layers.ReLU,
-    keras.layers.LeakyReLU,
-    keras.layers.ELU,
-    keras.layers.PReLU,
-)
-_POOLING = (
-    keras.layers.MaxPooling1D,
-    keras.layers.MaxPooling2D,
-    keras.layers.MaxPooling3D,
-    keras.layers.AveragePooling1D,
-    keras.layers.AveragePooling2D,
-    keras.layers.AveragePooling3D,
-)
 
 
 class Adjustments(NamedTuple):
@@ -75,45 +58,46 @@ class Adjustments(NamedTuple):
     batchnorm: list[str]
 
 
-def _as_list(layers: object) -> list[keras.layers.Layer]:
-    if layers is None:
-        return []
-    return list(layers) if isinstance(layers, (list, tuple)) else [layers]
-
-
-def _inbound(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
-    return [source for node in layer._inbound_nodes for source in _as_list(node.inbound_layers)]
-
-
-def _outbound(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
-    return [node.layer for node in layer._outbound_nodes]
-
-
 def _walk(
-    start: Iterable[keras.layers.Layer], step, wanted: type, through: tuple[type, ...]
+    model: keras.Model, layer: keras.layers.Layer, *, forward: bool
 ) -> list[keras.layers.Layer]:
-    found, seen, frontier = [], set(), list(start)
-    while frontier:
-        layer = frontier.pop()
-        if id(layer) in seen:
+    """Layers reached from ``layer``'s calls, backwards to Dropout or forwards to
+    BatchNormalization, through the layers whose rule passes them on."""
+    calls = layer_calls(model)
+    wanted = keras.layers.BatchNormalization if forward else keras.layers.Dropout
+    readers = readers_of(calls)
+    made_by = {tensor_key(t): call for call in calls for t in call.outputs}
+
+    def step(call: LayerCall) -> list[LayerCall]:
+        if forward:
+            return [r for t in call.outputs for r in readers.get(tensor_key(t), [])]
+        return [made_by[tensor_key(t)] for t in call.inputs if tensor_key(t) in made_by]
+
+    found: list[keras.layers.Layer] = []
+    frontier_calls = [n for c in calls if layer in (c.layer, c.inner) for n in step(c)]
+    seen: set[int] = set()
+    while frontier_calls:
+        call = frontier_calls.pop()
+        if id(call) in seen:
             continue
-        seen.add(id(layer))
-        if isinstance(layer, wanted):
-            found.append(layer)
-        elif isinstance(layer, through):
-            frontier.extend(step(layer))
+        seen.add(id(call))
+        rule = rule_for(call.inner)
+        if isinstance(call.inner, wanted):
+            if call.inner not in found:
+                found.append(call.inner)
+        elif rule.passes_to_norm if forward else rule.passes_connections:
+            frontier_calls.extend(step(call))
     return found
 
 
-def dropouts_before(layer: keras.layers.Layer) -> list[keras.layers.Dropout]:
+def dropouts_before(model: keras.Model, layer: keras.layers.Layer) -> list[keras.layers.Dropout]:
     """The Dropout layers whose output reaches ``layer``'s input unchanged but for shape."""
-    return _walk(_inbound(layer), _inbound, keras.layers.Dropout, _PASS_THROUGH)
+    return _walk(model, layer, forward=False)
 
 
-def batchnorms_after(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
+def batchnorms_after(model: keras.Model, layer: keras.layers.Layer) -> list[keras.layers.Layer]:
     """The BatchNormalization layers that normalize ``layer``'s output."""
-    through = (*_PASS_THROUGH, keras.layers.Dropout, *_POOLING)
-    return _walk(_outbound(layer), _outbound, keras.layers.BatchNormalization, through)
+    return _walk(model, layer, forward=True)
 
 
 def connections(layer: keras.layers.Layer) -> int:
@@ -167,7 +151,7 @@ def adjust_after_pruning(
     if dropout:
         feeding: dict[int, tuple[keras.layers.Dropout, list[tuple[int, int]]]] = {}
         for layer, counts in changes.items():
-            for drop in dropouts_before(layer):
+            for drop in dropouts_before(model, layer):
                 feeding.setdefault(id(drop), (drop, []))[1].append(counts)
         for drop, counts in feeding.values():
             before = sum(c[0] for c in counts)
@@ -181,7 +165,7 @@ def adjust_after_pruning(
         for layer, (before, after) in changes.items():
             if after == before:
                 continue
-            for norm in batchnorms_after(layer):
+            for norm in batchnorms_after(model, layer):
                 if norm.name not in reset:
                     reset_batchnorm(norm)
                     reset.append(norm.name)

@@ -44,6 +44,7 @@ from tfstatprune.granularity import Granularity, check_granularity
 from tfstatprune.keras.graph import UnitGraph, output_layers, trace_units
 from tfstatprune.keras.layers import select_layers
 from tfstatprune.stats.keys import key_of
+from tfstatprune.structure.rules import Depthwise, rule_for
 
 __all__ = [
     "UNIT_GRANULARITIES",
@@ -62,7 +63,8 @@ def choose_layers(
     model: keras.Model, layers: Sequence[str] | None, granularity: Granularity
 ) -> list[keras.layers.Layer]:
     """The layers to prune: ``layers``, or every prunable one but, for units and
-    filters, the model's output layers.
+    filters, the model's output layers and the depthwise convolutions (whose
+    channels are their input's: they go with the filter before them).
 
     Raises:
       ValueError: as :func:`tfstatprune.keras.layers.select_layers`, or when
@@ -72,7 +74,11 @@ def choose_layers(
     if layers is not None or check_granularity(granularity) not in UNIT_GRANULARITIES:
         return chosen
     outputs = set(output_layers(model))
-    kept = [layer for layer in chosen if layer.name not in outputs]
+    kept = [
+        layer
+        for layer in chosen
+        if layer.name not in outputs and not isinstance(rule_for(layer), Depthwise)
+    ]
     if not kept:
         raise ValueError(
             f"with granularity {granularity!r} the model's output layers {sorted(outputs)} "

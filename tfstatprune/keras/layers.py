@@ -12,6 +12,7 @@ from tensorflow_model_optimization.python.core.sparsity.keras import (
 )
 
 from tfstatprune._keras import keras
+from tfstatprune.structure.walk import leaf_layers
 
 __all__ = [
     "is_prunable",
@@ -79,11 +80,7 @@ def unsupported_layers(model: keras.Model) -> list[keras.layers.Layer]:
 
 def iter_layers(model: keras.Model) -> Iterator[keras.layers.Layer]:
     """All layers of ``model``, descending into nested models (not into wrappers)."""
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from iter_layers(layer)
-        else:
-            yield layer
+    return leaf_layers(model, through_wrappers=False)
 
 
 def prunable_weights(layer: keras.layers.Layer, *, prune_bias: bool = False) -> list[tf.Variable]:

@@ -29,9 +29,10 @@ import numpy as np
 import tensorflow as tf
 
 from tfstatprune._keras import keras
-from tfstatprune.keras.layers import iter_layers, prunable_weights
+from tfstatprune.keras.layers import prunable_weights
 from tfstatprune.stats.data import split_pair
 from tfstatprune.stats.sensitivity import true_class_output
+from tfstatprune.structure.walk import leaf_layers
 
 __all__ = ["DEFAULT_BATCH_SIZE", "SensitivityRegularization", "output_sensitivity"]
 
@@ -122,8 +123,7 @@ class SensitivityRegularization(keras.callbacks.Callback):
 
     def _regularized(self, model: keras.Model) -> list[tf.Variable]:
         found, names = [], set()
-        for layer in iter_layers(model):
-            inner = layer.layer if isinstance(layer, keras.layers.Wrapper) else layer
+        for inner in leaf_layers(model):
             if self.layers is not None and inner.name not in self.layers:
                 continue
             weights = prunable_weights(inner)
