@@ -35,6 +35,7 @@ import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
 import tfstatprune as tsp
+from benchmarks._common import command_line, compile_and_fit, publish, train_dense
 from tfstatprune import datasets, models
 from tfstatprune._keras import keras
 
@@ -100,14 +101,8 @@ def pruned_run(
     else:
         model = tfmot.sparsity.keras.prune_low_magnitude(tsp.copy_model(dense), plan)
         callbacks = [tfmot.sparsity.keras.UpdatePruningStep()]
-    models.compile_classifier(model)
-    model.fit(
-        data.x_train,
-        data.y_train,
-        batch_size=BATCH,
-        epochs=epochs,
-        callbacks=callbacks,
-        verbose=0,
+    compile_and_fit(
+        model, data.x_train, data.y_train, epochs=epochs, batch_size=BATCH, callbacks=callbacks
     )
     return tsp.strip_pruning(model)
 
@@ -119,9 +114,15 @@ def run(args: argparse.Namespace) -> list[dict]:
     stats_data = (data.x_train[chosen], data.y_train[chosen])
     rows = []
     for name in args.models:
-        keras.utils.set_random_seed(0)
-        dense = models.compile_classifier(BUILDERS[name](l2=L2, seed=0))
-        dense.fit(data.x_train, data.y_train, batch_size=BATCH, epochs=args.dense_epochs, verbose=0)
+        dense = train_dense(
+            BUILDERS[name],
+            data.x_train,
+            data.y_train,
+            seed=0,
+            l2=L2,
+            epochs=args.dense_epochs,
+            batch_size=BATCH,
+        )
         rows.append(
             dict(model=name, pipeline="dense", target=0.0, error=error(dense, data), density=1.0)
         )
@@ -204,13 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     if set(args.models) - set(BUILDERS):
         parser.error(f"models from {sorted(BUILDERS)}")
     rows = run(args)
-    command = "python -m benchmarks.compression_table " + " ".join(
-        argv if argv is not None else sys.argv[1:]
-    )
-    text = report(rows, args, command.strip())
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text)
+    publish(report(rows, args, command_line("compression_table", argv)), args.out)
     return 0
 
 

@@ -31,9 +31,10 @@ from pathlib import Path
 import numpy as np
 
 import tfstatprune as tsp
+from benchmarks._common import compile_and_fit, train_dense
 from tfstatprune import datasets, models
 from tfstatprune._keras import keras
-from tfstatprune.cli import int_at_least
+from tfstatprune.commands import int_at_least
 from tfstatprune.stopping import mcnemar_worse
 
 CRITERIA = {
@@ -105,15 +106,15 @@ def retrain(pruned: keras.Model, seed: int, epochs: int, data: datasets.MNIST) -
     """Retrain a copy of ``pruned`` with its zeros held; per test image, right or not."""
     model = keras.models.clone_model(pruned)
     model.set_weights(pruned.get_weights())
-    models.compile_classifier(model, LEARNING_RATE)
-    keras.utils.set_random_seed(seed)
-    model.fit(
+    compile_and_fit(
+        model,
         data.x_train,
         data.y_train,
         epochs=epochs,
         batch_size=BATCH,
         callbacks=[KeepMasks(model)],
-        verbose=0,
+        learning_rate=LEARNING_RATE,
+        seed=seed,
     )
     return correct(model, data)
 
@@ -122,9 +123,16 @@ def dense_model(seed: int, epochs: int, cache: Path, data: datasets.MNIST) -> ke
     path = cache / f"lenet_300_100_l2_seed{seed}_e{epochs}.keras"
     if path.exists():
         return keras.models.load_model(path)
-    keras.utils.set_random_seed(seed)
-    model = models.compile_classifier(models.lenet_300_100(l2=L2, seed=seed), LEARNING_RATE)
-    model.fit(data.x_train, data.y_train, epochs=epochs, batch_size=BATCH, verbose=0)
+    model = train_dense(
+        models.lenet_300_100,
+        data.x_train,
+        data.y_train,
+        seed=seed,
+        l2=L2,
+        epochs=epochs,
+        batch_size=BATCH,
+        learning_rate=LEARNING_RATE,
+    )
     cache.mkdir(parents=True, exist_ok=True)
     model.save(path)
     return model

@@ -42,6 +42,7 @@ import numpy as np
 import tensorflow as tf
 
 import tfstatprune as tsp
+from benchmarks._common import command_line, publish
 from tfstatprune import datasets, models
 from tfstatprune._keras import keras
 
@@ -204,15 +205,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     l2s = [float(v) for v in args.l2.split(",")]
     rows, extra = run(args.seeds, args.epochs, l2s, args.optimizers.split(","))
-    command = "python -m benchmarks.seed_fig1 " + " ".join(
-        argv if argv is not None else sys.argv[1:]
-    )
-    text = report(rows, extra, command.strip(), args.epochs, args.seeds)
-    print(text)
-    if args.out is not None:
-        figure = args.out.with_suffix(".png")
+    text = report(rows, extra, command_line("seed_fig1", argv), args.epochs, args.seeds)
+    figure = args.out.with_suffix(".png") if args.out is not None else None
+    publish(text, args.out, figure=f"\n![salience maps]({figure.name})\n" if figure else None)
+    if figure is not None:
         plot(extra, figure)
-        args.out.write_text(text + f"\n![salience maps]({figure.name})\n")
     return 0
 
 

@@ -39,6 +39,7 @@ import numpy as np
 import tensorflow as tf
 
 import tfstatprune as tsp
+from benchmarks._common import command_line, compile_and_fit, publish, train_dense
 from tfstatprune import datasets, models
 from tfstatprune._keras import keras
 
@@ -90,10 +91,15 @@ def accuracy(model: keras.Model, test: tuple[np.ndarray, np.ndarray]) -> float:
 
 
 def dense_model(name: str, seed: int, epochs: int, data: datasets.MNIST) -> keras.Model:
-    keras.utils.set_random_seed(seed)
-    model = models.compile_classifier(BUILDERS[name](l2=L2, seed=seed))
-    model.fit(data.x_train, data.y_train, batch_size=BATCH, epochs=epochs, verbose=0)
-    return model
+    return train_dense(
+        BUILDERS[name],
+        data.x_train,
+        data.y_train,
+        seed=seed,
+        l2=L2,
+        epochs=epochs,
+        batch_size=BATCH,
+    )
 
 
 def retrain(
@@ -108,14 +114,13 @@ def retrain(
 ) -> None:
     keras.utils.set_random_seed(seed + 1)  # the same data order for every criterion
     pruned = tsp.prune_statistically(dense, stats_data, criterion, schedule)
-    models.compile_classifier(pruned)
-    pruned.fit(
+    compile_and_fit(
+        pruned,
         data.x_train,
         data.y_train,
-        batch_size=BATCH,
         epochs=epochs,
+        batch_size=BATCH,
         callbacks=[*extra, *tsp.callbacks(stats_data, verbose=0)],
-        verbose=0,
     )
 
 
@@ -298,13 +303,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or set(args.modes) - set(MODES):
         parser.error(f"models from {sorted(BUILDERS)}, modes from {MODES}")
     rows = run(args)
-    command = "python -m benchmarks.seed_frontier " + " ".join(
-        argv if argv is not None else sys.argv[1:]
-    )
-    text = report(rows, args, command.strip())
-    print(text)
+    text = report(rows, args, command_line("seed_frontier", argv))
+    figure = f"\n![frontier and retraining loss]({args.out.stem}.png)\n" if args.out else None
+    publish(text, args.out, figure=figure)
     if args.out is not None:
-        args.out.write_text(text + f"\n![frontier and retraining loss]({args.out.stem}.png)\n")
         plot(rows, args, args.out.with_suffix(".png"))
         with args.out.with_suffix(".jsonl").open("w") as log:
             for row in rows:

@@ -46,6 +46,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 import tfstatprune as tsp
+from benchmarks._common import compile_and_fit, say, subset, train_dense
 from tflite_export import (
     BenchmarkResult,
     ModelTiming,
@@ -58,8 +59,9 @@ from tflite_export import (
 from tflite_export.convert import REPRESENTATIVE_EXAMPLES
 from tfstatprune import datasets, models
 from tfstatprune._keras import keras
-from tfstatprune.cli import OutputDir, Table, format_markdown
+from tfstatprune.commands import OutputDir
 from tfstatprune.granularity import Granularity
+from tfstatprune.tables import Table, format_markdown, kib
 
 TOOL = "benchmarks.tflite_results"
 CACHE = Path("runs") / "tflite_results"
@@ -192,10 +194,6 @@ class Pruned(NamedTuple):
         return self.trained.model
 
 
-def _say(message: str) -> None:
-    print(f"== {message}", flush=True)
-
-
 def _cached_or_fit(out: OutputDir, name: str, recipe: dict[str, Any], fit) -> Trained:
     """The model saved as ``name`` if it was made by ``recipe``, else ``fit()`` (saved)."""
     details = out.recorded(name)
@@ -209,13 +207,6 @@ def _cached_or_fit(out: OutputDir, name: str, recipe: dict[str, Any], fit) -> Tr
     model.save(out.path(name))
     out.record(name, recipe=recipe, seconds=seconds)
     return Trained(model, seconds, cached=False)
-
-
-def _subset(x: np.ndarray, y: np.ndarray, size: int | None, rng: np.random.Generator):
-    if size is None or size >= len(x):
-        return np.asarray(x), np.asarray(y)
-    chosen = np.sort(rng.choice(len(x), size=size, replace=False))
-    return x[chosen], y[chosen]
 
 
 def schedule(sparsity: float, train_examples: int, settings: Settings):
@@ -240,12 +231,12 @@ def prune(dense, variant: Variant, criterion: str, sparsity: float, x, y, stats_
         granularity=variant.granularity,
         layers=list(HIDDEN_LAYERS),
     )
-    models.compile_classifier(pruned)
-    pruned.fit(
+    compile_and_fit(
+        pruned,
         x,
         y,
-        batch_size=BATCH_SIZE,
         epochs=epochs,
+        batch_size=BATCH_SIZE,
         callbacks=tsp.callbacks(stats_data),
         verbose=2,
     )
@@ -261,8 +252,8 @@ def train_all(settings: Settings, data: datasets.MNIST, source: str):
     """The dense model and every pruned one (trained, or loaded from the cache)."""
     out = OutputDir(settings.cache, tool=TOOL)
     rng = np.random.default_rng(SEED)
-    x, y = _subset(data.x_train, data.y_train, settings.train_examples, rng)
-    stats_data = _subset(x, y, settings.stats_examples, rng)
+    x, y = subset(data.x_train, data.y_train, settings.train_examples, rng)
+    stats_data = subset(x, y, settings.stats_examples, rng)
     recipe = {
         "model": "lenet_300_100",
         "l2": L2,
@@ -274,12 +265,18 @@ def train_all(settings: Settings, data: datasets.MNIST, source: str):
     }
 
     def fit_dense():
-        keras.utils.set_random_seed(SEED)
-        model = models.compile_classifier(models.lenet_300_100(l2=L2, seed=SEED))
-        model.fit(x, y, batch_size=BATCH_SIZE, epochs=settings.epochs, verbose=2)
-        return model
+        return train_dense(
+            models.lenet_300_100,
+            x,
+            y,
+            seed=SEED,
+            l2=L2,
+            epochs=settings.epochs,
+            batch_size=BATCH_SIZE,
+            verbose=2,
+        )
 
-    _say(f"dense LeNet-300-100: {settings.epochs} epoch(s) on {len(x)} examples, or cached")
+    say(f"dense LeNet-300-100: {settings.epochs} epoch(s) on {len(x)} examples, or cached")
     dense = _cached_or_fit(out, f"{DENSE}.keras", recipe, fit_dense)
     pruned = []
     for sparsity in SPARSITIES:
@@ -287,7 +284,7 @@ def train_all(settings: Settings, data: datasets.MNIST, source: str):
             for criterion in settings.criteria:
                 name = model_name(variant, criterion, sparsity)
                 _, epochs = schedule(sparsity, len(x), settings)
-                _say(f"{name}: {variant.title} by {criterion} to {sparsity:.0%}, {epochs} epochs")
+                say(f"{name}: {variant.title} by {criterion} to {sparsity:.0%}, {epochs} epochs")
                 model_recipe = {
                     **recipe,
                     "variant": variant.key,
@@ -345,7 +342,7 @@ def export_all(dense, pruned: list[Pruned], out: OutputDir, x_train, x_test) -> 
         for precision in ("float32", INT8):
             file = f"{name}.tflite" if precision == "float32" else f"{name}-{INT8}.tflite"
             out.check([file])
-            _say(f"export {file}")
+            say(f"export {file}")
             try:
                 exported = export(
                     model,
@@ -452,10 +449,6 @@ def measure(rows: list[Row], result: BenchmarkResult) -> list[Measured]:
     ]
 
 
-def _kib(size: int) -> str:
-    return f"{size / 1024:,.1f}"
-
-
 def results_table(measured: list[Measured]) -> Table:
     body = []
     for row, timing, check in measured:
@@ -467,8 +460,8 @@ def results_table(measured: list[Measured]) -> Table:
                 row.precision,
                 f"{row.params:,}",
                 f"{row.nonzero:,}",
-                _kib(timing.size_bytes),
-                _kib(timing.gzip_bytes),
+                kib(timing.size_bytes),
+                kib(timing.gzip_bytes),
                 f"{check.gzip_ratio:.3f}",
                 f"{timing.p50_ms * 1000:.1f}",
                 f"{timing.p90_ms * 1000:.1f}",
@@ -514,7 +507,7 @@ def target_text(measured: list[Measured]) -> str:
         f"model's test accuracy ({dense.accuracy:.2%} through LiteRT, float32; a drop of 0.5 % "
         f"of it would be {0.5 * dense.accuracy:.2f} points, the same within the noise), at most "
         f"{TARGET_LATENCY_RATIO}x its p50 latency ({dense.p50_ms * 1000:.1f} µs) and at most "
-        f"{TARGET_GZIP_RATIO}x its gzipped size ({_kib(dense.gzip_bytes)} KiB)."
+        f"{TARGET_GZIP_RATIO}x its gzipped size ({kib(dense.gzip_bytes)} KiB)."
     )
     met = [m for m in measured if m.check.met]
     if met:
@@ -782,7 +775,7 @@ def _widths(model: keras.Model) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     settings = parse_args(argv)
-    _say("load MNIST")
+    say("load MNIST")
     source = datasets.resolve_source()
     data = datasets.mnist(source)
     dense, pruned, out, x_train = train_all(settings, data, source)
@@ -790,7 +783,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     test = settings.test_examples or len(data.x_test)
     x_test, y_test = data.x_test[:test], data.y_test[:test]
     rows = export_all(dense.model, pruned, out, x_train, x_test)
-    _say(f"benchmark {len(rows)} files, accuracy on {test} test images")
+    say(f"benchmark {len(rows)} files, accuracy on {test} test images")
     result = benchmark(
         [row.path for row in rows],
         threads=1,

@@ -9,12 +9,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+from tfstatprune import demo
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m examples.demo [options]``: the same as ``tfstatprune demo [options]``."""
-    from tfstatprune import cli
-
-    return cli.main(argv, prog="python -m examples.demo", command="demo")
+    return demo.main(argv, prog="python -m examples.demo")
 
 
 if __name__ == "__main__":

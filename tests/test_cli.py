@@ -1,4 +1,4 @@
-"""Tests of the ``tfstatprune`` command line: wiring, help, output safety, tables.
+"""Tests of the ``tfstatprune`` command line: wiring, help, output safety, the demo's tables.
 
 Nothing here trains a model: the demo's ``run`` is replaced where the wiring is
 tested, and the refusal to overwrite happens before any work.
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tfstatprune import cli
+from tfstatprune import cli, commands
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -138,6 +138,29 @@ def test_python_m_examples_demo_help():
     assert "--quick" in done.stdout
 
 
+def test_python_m_tfstatprune_demo_parses_like_the_command(recorded_runs, demo, tmp_path):
+    assert demo.main(["--quick", "--out", str(tmp_path)]) == cli.EXIT_OK
+    assert recorded_runs[0] == demo.DemoConfig.from_options(out=tmp_path, quick=True)
+
+
+def test_compare_help_is_the_scripts_own(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["compare", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: tfstatprune compare")
+    for option in ("--model", "--criteria", "--sparsity", "--retrain-epochs", "--seeds", "--out"):
+        assert option in out
+
+
+def test_compare_without_the_source_tree_says_it_runs_from_a_clone(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "SOURCE_TREE", tmp_path)  # an installed wheel: no benchmarks/
+    assert cli.main(["compare", "--quick"]) == cli.EXIT_ERROR
+    err = capsys.readouterr().err
+    assert err.startswith("tfstatprune compare: error: ")
+    assert "source tree" in err and "Clone the repository" in err
+
+
 def test_iterative_plan_half_epoch_apart_then_an_epoch(demo):
     config = demo.DemoConfig()
     plan = demo.iterative_plan(60_000, config)
@@ -152,16 +175,16 @@ def test_iterative_plan_half_epoch_apart_then_an_epoch(demo):
 # ------------------------------------------------------------ output safety
 
 
-def _own(tmp_path: Path, name: str, content: str = "ours") -> cli.OutputDir:
-    out = cli.OutputDir(tmp_path, tool="test")
+def _own(tmp_path: Path, name: str, content: str = "ours") -> commands.OutputDir:
+    out = commands.OutputDir(tmp_path, tool="test")
     out.write_text(name, content, note=1)
     return out
 
 
 def test_foreign_file_is_refused(tmp_path):
     (tmp_path / "model.keras").write_text("the user's")
-    out = cli.OutputDir(tmp_path, tool="test")
-    with pytest.raises(cli.OutputConflict, match="model.keras"):
+    out = commands.OutputDir(tmp_path, tool="test")
+    with pytest.raises(commands.OutputConflict, match="model.keras"):
         out.check(["model.keras", "other.md"])
     assert (tmp_path / "model.keras").read_text() == "the user's"
 
@@ -177,16 +200,16 @@ def test_own_file_changed_by_the_user_is_refused(tmp_path):
     out = _own(tmp_path, "results.md")
     (tmp_path / "results.md").write_text("edited by hand")
     assert out.recorded("results.md") is None
-    with pytest.raises(cli.OutputConflict, match="results.md"):
+    with pytest.raises(commands.OutputConflict, match="results.md"):
         out.check(["results.md"])
 
 
 def test_force_overwrites_files_but_never_directories(tmp_path):
     (tmp_path / "model.keras").write_text("the user's")
     (tmp_path / "results.md").mkdir()
-    out = cli.OutputDir(tmp_path, tool="test")
+    out = commands.OutputDir(tmp_path, tool="test")
     out.check(["model.keras"], force=True)
-    with pytest.raises(cli.OutputConflict, match="results.md"):
+    with pytest.raises(commands.OutputConflict, match="results.md"):
         out.check(["model.keras", "results.md"], force=True)
 
 
@@ -194,16 +217,16 @@ def test_force_overwrites_files_but_never_directories(tmp_path):
     "manifest", ["not json", json.dumps({"files": {}}), json.dumps(["written_by"])]
 )
 def test_foreign_manifest_is_refused(tmp_path, manifest):
-    (tmp_path / cli.OutputDir.MANIFEST).write_text(manifest)
-    with pytest.raises(cli.OutputConflict, match=cli.OutputDir.MANIFEST):
-        cli.OutputDir(tmp_path, tool="test").check(["a.md"])
+    (tmp_path / commands.OutputDir.MANIFEST).write_text(manifest)
+    with pytest.raises(commands.OutputConflict, match=commands.OutputDir.MANIFEST):
+        commands.OutputDir(tmp_path, tool="test").check(["a.md"])
 
 
 def test_output_dir_that_is_a_file_is_refused(tmp_path):
     target = tmp_path / "runs"
     target.write_text("a file")
-    with pytest.raises(cli.OutputConflict, match="runs"):
-        cli.OutputDir(target, tool="test").check(["a.md"], force=True)
+    with pytest.raises(commands.OutputConflict, match="runs"):
+        commands.OutputDir(target, tool="test").check(["a.md"], force=True)
 
 
 def test_demo_refuses_a_foreign_model_before_any_work(tmp_path, capsys, no_work):
@@ -229,54 +252,6 @@ def test_demo_checks_every_output(demo, tmp_path):
         "results.md",
         "results.json",
     ]
-
-
-# -------------------------------------------------------------------- tables
-
-
-TABLE = cli.Table(
-    headers=["model", "fc1", "test accuracy"],
-    rows=[["dense", "0.0 %", "98.12 %"], ["wald", "90.0 %", "97.5 %"]],
-    align="lrr",
-)
-
-
-def test_format_text_aligns_columns():
-    assert cli.format_text(TABLE) == (
-        "model     fc1  test accuracy\n"
-        "-----  ------  -------------\n"
-        "dense   0.0 %        98.12 %\n"
-        "wald   90.0 %         97.5 %"
-    )
-
-
-def test_format_markdown():
-    assert cli.format_markdown(TABLE) == (
-        "| model | fc1 | test accuracy |\n"
-        "|:--|--:|--:|\n"
-        "| dense | 0.0 % | 98.12 % |\n"
-        "| wald | 90.0 % | 97.5 % |"
-    )
-
-
-def test_markdown_escapes_pipes():
-    table = cli.Table(["a|b"], [["x|y"]], "l")
-    assert cli.format_markdown(table).splitlines()[::2] == ["| a\\|b |", "| x\\|y |"]
-
-
-@pytest.mark.parametrize(
-    "table",
-    [
-        cli.Table(["a", "b"], [["1"]], "lr"),
-        cli.Table(["a", "b"], [["1", "2"]], "l"),
-        cli.Table(["a"], [["1"]], "c"),
-    ],
-)
-def test_malformed_tables_are_rejected(table):
-    with pytest.raises(ValueError):
-        cli.format_text(table)
-    with pytest.raises(ValueError):
-        cli.format_markdown(table)
 
 
 def _fake_result(demo, tmp_path):

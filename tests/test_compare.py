@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from tfstatprune import cli, compare, datasets, models
+from benchmarks import compare
+from tfstatprune import cli, datasets, models
 from tfstatprune._keras import keras
 from tfstatprune.shrink import count_flops
 

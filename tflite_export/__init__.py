@@ -15,8 +15,13 @@ run by a native sparse kernel. :func:`benchmark` measures batch-1 latency with
 the LiteRT interpreter, several models interleaved, and prints the
 ``benchmark_model`` command that repeats the measurement on an Android phone.
 
-This package sits below :mod:`tfstatprune` (it imports tfstatprune, never the
-other way round).
+Where it sits: above the tfstatprune library, below tfstatprune's command
+line. It imports the library (``strip_pruning``, ``load_model``, the Keras
+choice, :mod:`tfstatprune.tables`, :mod:`tfstatprune.commands`); the library
+never imports it. Only the experiments on top import it: the dispatch
+:mod:`tfstatprune.cli` (for the ``export`` and ``bench`` commands of
+:mod:`tflite_export.cli`) and :mod:`tfstatprune.demo`. ``tests/test_imports.py``
+checks that the module graph of both packages has no cycle.
 """
 
 from tflite_export.bench import BenchmarkResult, ModelTiming, android_command, benchmark

@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 
 from tflite_export import _data
-from tflite_export._table import kib, table
 from tflite_export.flatbuffer import Storage, inspect_weights, read_tflite
 from tflite_export.runtime import (
     RUNTIME_NAME,
@@ -25,6 +24,7 @@ from tflite_export.runtime import (
     predict,
     quantize_input,
 )
+from tfstatprune.tables import Table, format_text, kib
 
 __all__ = ["ANDROID_DIR", "BenchmarkResult", "ModelTiming", "android_command", "benchmark"]
 
@@ -129,7 +129,8 @@ class BenchmarkResult:
             f"XNNPACK {'on' if self.xnnpack else 'off'}"
         )
         commands = "\n".join(f"  {c}" for c in self.android_commands)
-        return f"{header}\n{table(headers, rows)}\nOn an Android phone (adb):\n{commands}"
+        table = format_text(Table(headers, rows), indent="  ")
+        return f"{header}\n{table}\nOn an Android phone (adb):\n{commands}"
 
 
 def android_command(

@@ -8,8 +8,12 @@ the table and the Android ``benchmark_model`` command lines. ``--data mnist``
 takes the calibration, validation and accuracy examples from the MNIST test
 set (:func:`tfstatprune.datasets.mnist`).
 
-:mod:`tfstatprune.cli` lists the two commands and imports this module only
-when one of them is used: the exporter sits above tfstatprune.
+The two :class:`~tfstatprune.commands.Command` objects, :data:`EXPORT` and
+:data:`BENCH`, are listed by :mod:`tfstatprune.cli`, the dispatch at the top,
+which imports this module. Imports go one way: ``tfstatprune.cli`` ->
+``tflite_export`` -> the tfstatprune library (here :mod:`tfstatprune.commands`,
+:func:`tfstatprune.load_model`, :mod:`tfstatprune.datasets`); nothing in
+tflite_export imports the dispatch.
 """
 
 from __future__ import annotations
@@ -21,12 +25,22 @@ from typing import Any
 
 import numpy as np
 
+import tfstatprune
 from tflite_export.bench import benchmark
 from tflite_export.convert import ExportError, ValidationError, export
 from tflite_export.flatbuffer import TFLiteFileError, read_tflite
-from tfstatprune.cli import EXIT_OK, CommandError, UsageError, int_at_least
+from tflite_export.runtime import load
+from tfstatprune import datasets
+from tfstatprune.commands import EXIT_OK, Command, CommandError, UsageError, int_at_least
 
-__all__ = ["add_bench_arguments", "add_export_arguments", "run_bench", "run_export"]
+__all__ = [
+    "BENCH",
+    "EXPORT",
+    "add_bench_arguments",
+    "add_export_arguments",
+    "run_bench",
+    "run_export",
+]
 
 #: Values of ``--data``.
 DATA_SOURCES = ("mnist",)
@@ -155,8 +169,6 @@ def load_keras_model(path: Path) -> Any:
     Raises:
       UsageError: when the file is missing or is not a Keras model.
     """
-    import tfstatprune
-
     if not path.exists():
         raise UsageError(f"model file not found: {path}")
     if path.is_dir() or path.suffix.lower() not in MODEL_SUFFIXES:
@@ -184,8 +196,6 @@ def mnist_test(input_shape: tuple[int | None, ...]) -> tuple[np.ndarray, np.ndar
       UsageError: when an image does not fit ``input_shape``.
       CommandError: when MNIST cannot be loaded.
     """
-    from tfstatprune import datasets
-
     size = int(np.prod(datasets.IMAGE_SHAPE))
     if None in input_shape or int(np.prod(input_shape)) != size:
         raise UsageError(
@@ -272,8 +282,6 @@ def run_bench(args: argparse.Namespace) -> int:
 
 
 def _tflite_input_shape(path: Path) -> tuple[int, ...]:
-    from tflite_export.runtime import load
-
     try:
         loaded = load(read_tflite(path), str(path))
     except TFLiteFileError as error:
@@ -282,3 +290,32 @@ def _tflite_input_shape(path: Path) -> tuple[int, ...]:
     if len(details) != 1:
         raise UsageError(f"--data mnist needs models with one input; {path} has {len(details)}")
     return tuple(int(d) for d in details[0]["shape"][1:])
+
+
+EXPORT = Command(
+    name="export",
+    help="write a Keras model (pruned or not) as .tflite, validated against Keras",
+    description=(
+        "Load MODEL (a .keras or .h5 file; pruning wrappers are stripped), convert it "
+        "to TFLite (float32, or --quantize), check the .tflite outputs against Keras "
+        "and print the file size and how every weight tensor is stored (dense, sparse "
+        "and densified at load, or run by the native sparse kernel). An existing "
+        "OUT.tflite is replaced only with --overwrite."
+    ),
+    add_arguments=add_export_arguments,
+    run=run_export,
+)
+
+BENCH = Command(
+    name="bench",
+    help="batch-1 latency (and accuracy) of .tflite files, side by side",
+    description=(
+        "Time one invoke() of each .tflite file with the LiteRT interpreter, the "
+        "files interleaved round by round so that they see the same machine load; "
+        "print p50/p90 latency, file size raw and gzipped, how the weights are "
+        "stored, the accuracy on the MNIST test set with --data mnist, and the adb "
+        "commands that repeat the measurement with benchmark_model on an Android phone."
+    ),
+    add_arguments=add_bench_arguments,
+    run=run_bench,
+)

@@ -15,7 +15,6 @@ import numpy as np
 import tensorflow as tf
 
 from tflite_export import _data
-from tflite_export._table import kib, table
 from tflite_export.flatbuffer import Storage, WeightTensor, inspect_weights, read_tflite, schema
 from tflite_export.micro import (
     MicroCheck,
@@ -28,6 +27,7 @@ from tflite_export.micro import (
 from tflite_export.runtime import RUNTIME_XNNPACK, load, predict
 from tflite_export.xnnpack import XnnpackCheck
 from tflite_export.xnnpack import check as check_xnnpack
+from tfstatprune.tables import Table, format_text, kib
 
 __all__ = [
     "ExportError",
@@ -228,7 +228,12 @@ class ExportReport:
             )
             for w in self.weights
         ]
-        parts = [header, table(("weight", "shape", "dtype", "sparsity", "storage"), rows)]
+        parts = [
+            header,
+            format_text(
+                Table(("weight", "shape", "dtype", "sparsity", "storage"), rows), indent="  "
+            ),
+        ]
         parts.append(f"  {self.validation}" if self.validation else "  not validated")
         if self.c_array is not None:
             parts.append(
@@ -645,7 +650,7 @@ def strip_if_pruned(model: Any) -> tuple[Any, bool]:
     from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 
     from tfstatprune import strip_pruning
-    from tfstatprune._keras import require_tf_keras_model
+    from tfstatprune._translate import require_tf_keras_model
 
     model = require_tf_keras_model(model)
     wrapped = any(isinstance(m, pruning_wrapper.PruneLowMagnitude) for m in model.submodules)

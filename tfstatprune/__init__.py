@@ -13,6 +13,10 @@ Keras: tfstatprune runs on tf_keras (Keras 2), as tensorflow-model-optimization
 does; Keras 3 models are translated in and out (:mod:`tfstatprune._translate`).
 Run as the ``tfstatprune`` command (only then), it first silences TensorFlow's
 start-up log lines; see :mod:`tfstatprune._startup`.
+
+Where it sits: the library never imports :mod:`tflite_export`, which imports the
+library; the main job (:mod:`tfstatprune.demo`) and the command line's dispatch
+(:mod:`tfstatprune.cli`) sit on top of both.
 """
 
 from tfstatprune import _startup

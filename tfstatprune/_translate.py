@@ -52,6 +52,7 @@ __all__ = [
     "ATOL",
     "TranslationError",
     "register_translation",
+    "require_tf_keras_model",
     "returns_users_keras",
     "saved_keras_version",
     "to_keras3",
@@ -744,6 +745,28 @@ def to_tf_keras(model: Any, data: Any = None, *, atol: float = ATOL) -> keras.Mo
     translated = _translate(model, _side(3), _side(2), data, check=True, atol=atol)
     _NAMES[translated.model] = translated.names
     return translated.model
+
+
+def require_tf_keras_model(model: object, what: str = "model", data: object = None) -> keras.Model:
+    """``model`` as a tf_keras ``Model``: itself, or the translation of a Keras 3 model.
+
+    Args:
+      model: the object a user passed in.
+      what: how the error message should call it.
+      data: inputs to check a translation's predictions on (default: random ones).
+
+    Raises:
+      TranslationError: a Keras 3 model that cannot be translated exactly.
+      TypeError: for anything that is not a Keras model at all.
+    """
+    if isinstance(model, keras.Model):
+        return model
+    if is_keras3_object(model):
+        return to_tf_keras(model, data)
+    raise TypeError(
+        f"Expected the {what} to be a tf_keras Model (Sequential or functional), "
+        f"got {type(model).__name__}."
+    )
 
 
 def to_keras3(model: Any, data: Any = None, *, atol: float = ATOL) -> Any:

@@ -24,6 +24,7 @@ is overwritten (``--force`` to allow it).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import importlib.util
@@ -40,18 +41,14 @@ import numpy as np
 import tfstatprune as tsp
 from tfstatprune import datasets, models
 from tfstatprune._keras import keras
-from tfstatprune.cli import (
-    DEMO_DEFAULT_OUT,
-    DEMO_DEFAULT_SEED,
-    OutputDir,
-    Table,
-    format_markdown,
-    format_text,
-)
+from tfstatprune.commands import EXIT_OK, Command, OutputDir, int_at_least, run_command
+from tfstatprune.tables import Table, format_markdown, format_text
 
-__all__ = ["DemoConfig", "DemoResult", "run", "main"]
+__all__ = ["COMMAND", "DemoConfig", "DemoResult", "add_arguments", "main", "run", "run_from_args"]
 
 TOOL = "tfstatprune demo"
+DEFAULT_OUT = Path("runs") / "demo"
+DEFAULT_SEED = 0
 MODEL = "lenet_300_100"
 L2 = 1e-4
 WALD_CRITERION = "wald_block"
@@ -94,8 +91,8 @@ class DemoConfig:
       force: overwrite files in ``out`` the demo did not write.
     """
 
-    out: Path = DEMO_DEFAULT_OUT
-    seed: int = DEMO_DEFAULT_SEED
+    out: Path = DEFAULT_OUT
+    seed: int = DEFAULT_SEED
     epochs: int = 8
     batch_size: int = 128
     train_examples: int | None = None
@@ -110,7 +107,7 @@ class DemoConfig:
         cls,
         *,
         out: Path | str | None = None,
-        seed: int = DEMO_DEFAULT_SEED,
+        seed: int = DEFAULT_SEED,
         quick: bool = False,
         epochs: int | None = None,
         force: bool = False,
@@ -377,7 +374,7 @@ def run(config: DemoConfig) -> DemoResult:
     """Run the demo: train or reload, prune one-shot and iteratively, export, report.
 
     Raises:
-      tfstatprune.cli.OutputConflict: before any work, if ``config.out`` holds a
+      tfstatprune.commands.OutputConflict: before any work, if ``config.out`` holds a
         file the demo would overwrite but did not write (unless ``config.force``).
     """
     started = time.perf_counter()
@@ -600,11 +597,69 @@ def results_json(result: DemoResult) -> dict[str, Any]:
     }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m tfstatprune.demo [options]``: the same as ``tfstatprune demo [options]``."""
-    from tfstatprune import cli
+# ---------------------------------------------------------------- command line
 
-    return cli.main(argv, prog="python -m tfstatprune.demo", command="demo")
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``tfstatprune demo``."""
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help="output directory: models, .tflite files, demo.png, results.md, results.json "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=DEFAULT_SEED, help="random seed (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run (about a minute): 1 epoch on a subset, 3 levels, fewer examples "
+        "for the statistics (accuracies are then far from the full run's)",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=int_at_least(1),
+        default=None,
+        help="epochs of dense training (default: 8, or 1 with --quick)",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite files in --out that the demo did not write",
+    )
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """``tfstatprune demo`` on parsed options."""
+    config = DemoConfig.from_options(
+        out=args.out, seed=args.seed, quick=args.quick, epochs=args.epochs, force=args.force
+    )
+    run(config)
+    return EXIT_OK
+
+
+COMMAND = Command(
+    name="demo",
+    help="LeNet-300-100 on MNIST pruned up to 99%% by the Wald test and by magnitude",
+    description=(
+        "Train LeNet-300-100 on MNIST (or reuse the model a previous run trained with "
+        "the same settings), prune it one-shot (no retraining) and iteratively inside "
+        "fit to 50, 80, 90, 95, 98 and 99% of every layer's weights by the Wald "
+        "statistic (wald_block) and by magnitude, print test accuracy per level, draw "
+        "demo.png, export the dense and Wald-pruned models to TFLite and time them. "
+        "Everything is saved in --out. Files there that the demo did not write are "
+        "never overwritten without --force."
+    ),
+    add_arguments=add_arguments,
+    run=run_from_args,
+)
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "python -m tfstatprune.demo") -> int:
+    """``python -m tfstatprune.demo [options]``: the same as ``tfstatprune demo [options]``."""
+    return run_command(COMMAND, argv, prog)
 
 
 if __name__ == "__main__":

@@ -74,8 +74,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 
-from tfstatprune._keras import keras, require_tf_keras_model
-from tfstatprune._translate import returns_users_keras
+from tfstatprune._keras import keras
+from tfstatprune._translate import require_tf_keras_model, returns_users_keras
 from tfstatprune.keras.layers import prunable_weights
 from tfstatprune.structure.channels import ChannelGraph, channel_graph
 from tfstatprune.structure.cost import count_flops
@@ -96,6 +96,7 @@ from tfstatprune.structure.walk import (
     require_graph,
     tensor_key,
 )
+from tfstatprune.tables import Table, format_text
 
 __all__ = ["ShrinkResult", "count_flops", "shrink"]
 
@@ -130,17 +131,18 @@ class ShrinkResult(NamedTuple):
     removed: dict[str, tuple[int, int]]
 
     def __str__(self) -> str:
-        width = max([len("layer"), *(len(name) for name in self.removed)])
-        lines = [
-            f"shrink: {self.model.name!r}",
-            f"{'layer':<{width}}  {'kept':>7}  {'total':>7}  {'removed':>7}",
+        rows = [
+            [name, f"{kept:,}", f"{total:,}", f"{1.0 - kept / total if total else 0.0:.1%}"]
+            for name, (kept, total) in self.removed.items()
         ]
-        for name, (kept, total) in self.removed.items():
-            share = 1.0 - kept / total if total else 0.0
-            lines.append(f"{name:<{width}}  {kept:>7,}  {total:>7,}  {share:>7.1%}")
-        lines.append(_ratio_line("parameters", self.params_before, self.params_after))
-        lines.append(_ratio_line("FLOPs (MACs)", self.flops_before, self.flops_after))
-        return "\n".join(lines)
+        return "\n".join(
+            [
+                f"shrink: {self.model.name!r}",
+                format_text(Table(["layer", "kept", "total", "removed"], rows, "lrrr")),
+                _ratio_line("parameters", self.params_before, self.params_after),
+                _ratio_line("FLOPs (MACs)", self.flops_before, self.flops_after),
+            ]
+        )
 
 
 def _ratio_line(what: str, before: int, after: int) -> str:

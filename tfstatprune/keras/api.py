@@ -11,8 +11,8 @@ import numpy as np
 import tensorflow_model_optimization as tfmot
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 
-from tfstatprune._keras import keras, require_tf_keras_model
-from tfstatprune._translate import returns_users_keras
+from tfstatprune._keras import keras
+from tfstatprune._translate import require_tf_keras_model, returns_users_keras
 from tfstatprune.granularity import Granularity, expand
 from tfstatprune.keras.config import (
     DEFAULT_MIN_WEIGHTS_PER_CLASS,

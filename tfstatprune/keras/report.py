@@ -12,11 +12,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from tfstatprune._keras import keras, require_tf_keras_model
+from tfstatprune._keras import keras
+from tfstatprune._translate import require_tf_keras_model
 from tfstatprune.keras.consistency import dead_units_of
 from tfstatprune.keras.graph import trace_units, unwrap
 from tfstatprune.keras.layers import iter_layers, prunable_weights
 from tfstatprune.stats.keys import weight_keys
+from tfstatprune.tables import Table, format_text
 
 __all__ = ["LayerSparsity", "SparsityReport", "sparsity_report"]
 
@@ -74,13 +76,7 @@ class SparsityReport(NamedTuple):
             )
             for row in [*self.layers, self.total]
         ]
-        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-
-        def line(cells: tuple[str, ...]) -> str:
-            aligned = [f"{c:>{w}}" for c, w in zip(cells, widths, strict=True)]
-            return "  ".join([f"{cells[0]:<{widths[0]}}", *aligned[1:]])
-
-        return "\n".join([line(header), *(line(r) for r in rows)])
+        return format_text(Table(header, rows, "l" + "r" * (len(header) - 1)))
 
 
 def _values(layer: keras.layers.Layer) -> tuple[keras.layers.Layer, dict[str, np.ndarray]]:

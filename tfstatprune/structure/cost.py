@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from tfstatprune._keras import keras, require_tf_keras_model
+from tfstatprune._keras import keras
+from tfstatprune._translate import require_tf_keras_model
 from tfstatprune.structure.rules import rule_for
 from tfstatprune.structure.walk import layer_calls, leaf_layers, require_graph
 

@@ -1,5 +1,9 @@
 """``tfstatprune compare``: every criterion, one-shot, on the same trained model.
 
+An experiment of the source tree, not of the library: run it from a clone as
+``python -m benchmarks.compare [options]`` or ``tfstatprune compare [options]``
+(the command loads this file).
+
 For each seed:
 
 1. train the dense model on MNIST, or reuse the one a previous run trained
@@ -31,6 +35,7 @@ import argparse
 import dataclasses
 import json
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -39,25 +44,28 @@ from typing import Any, NamedTuple
 import numpy as np
 
 import tfstatprune as tsp
+from benchmarks._common import compile_and_fit, say, subset, train_dense
 from tfstatprune import datasets, models
 from tfstatprune._keras import keras
-from tfstatprune.cli import (
+from tfstatprune.commands import (
     EXIT_OK,
+    Command,
     CommandError,
     OutputDir,
-    Table,
-    format_markdown,
-    format_text,
     int_at_least,
+    run_command,
 )
 from tfstatprune.criteria import get_criterion
+from tfstatprune.tables import Table, format_markdown, format_text
 
 __all__ = [
+    "COMMAND",
     "CompareConfig",
     "CompareResult",
     "MODELS",
     "Measurement",
     "add_arguments",
+    "main",
     "nonzero_flops",
     "run",
     "run_from_args",
@@ -253,13 +261,6 @@ def nonzero_parameters(model: keras.Model) -> int:
 # ------------------------------------------------------------------------ the run
 
 
-def _subset(x: np.ndarray, y: np.ndarray, size: int | None, rng: np.random.Generator):
-    if size is None or size >= len(x):
-        return np.asarray(x), np.asarray(y)
-    chosen = np.sort(rng.choice(len(x), size=size, replace=False))
-    return x[chosen], y[chosen]
-
-
 def _recipe(config: CompareConfig, seed: int, source: str, steps_per_epoch: int) -> dict:
     return {
         "model": config.model,
@@ -291,11 +292,16 @@ def dense_model(
         model = keras.models.load_model(out.path(model_file), compile=False)
         history = tsp.WeightHistory.load(out.path(history_file))
         return models.compile_classifier(model), history, True
-    keras.utils.set_random_seed(seed)
-    model = models.compile_classifier(MODELS[config.model](l2=L2, seed=seed))
     history = tsp.WeightHistory(window=steps_per_epoch)
-    model.fit(
-        x, y, batch_size=config.batch_size, epochs=config.epochs, callbacks=[history], verbose=0
+    model = train_dense(
+        MODELS[config.model],
+        x,
+        y,
+        seed=seed,
+        l2=L2,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        callbacks=[history],
     )
     out.root.mkdir(parents=True, exist_ok=True)
     model.save(out.path(model_file))
@@ -332,14 +338,13 @@ def retrain(
         scope=config.scope,
         granularity=config.granularity,
     )
-    models.compile_classifier(wrapped)
-    wrapped.fit(
+    compile_and_fit(
+        wrapped,
         x,
         y,
-        batch_size=config.batch_size,
         epochs=config.retrain_epochs,
+        batch_size=config.batch_size,
         callbacks=tsp.callbacks(None, verbose=0),
-        verbose=0,
     )
     return tsp.strip_pruning(wrapped)
 
@@ -348,7 +353,7 @@ def run(config: CompareConfig) -> CompareResult:
     """Run the comparison, print the table, write report, numbers and plot to ``config.out``.
 
     Raises:
-      tfstatprune.cli.OutputConflict: before any work, if ``config.out`` holds
+      tfstatprune.commands.OutputConflict: before any work, if ``config.out`` holds
         a file the command would overwrite but did not write (unless ``force``).
     """
     started = time.perf_counter()
@@ -360,10 +365,10 @@ def run(config: CompareConfig) -> CompareResult:
     failed: set[str] = set()
     for seed in range(config.seeds):
         rng = np.random.default_rng(seed)
-        x, y = _subset(data.x_train, data.y_train, config.train_examples, rng)
-        stats_data = _subset(x, y, config.stats_examples, rng)
-        x_test, y_test = _subset(data.x_test, data.y_test, config.test_examples, rng)
-        _say(f"seed {seed}: dense {config.model}, {config.epochs} epoch(s) on {len(x)} examples")
+        x, y = subset(data.x_train, data.y_train, config.train_examples, rng)
+        stats_data = subset(x, y, config.stats_examples, rng)
+        x_test, y_test = subset(data.x_test, data.y_test, config.test_examples, rng)
+        say(f"seed {seed}: dense {config.model}, {config.epochs} epoch(s) on {len(x)} examples")
         dense, history, cached = dense_model(config, out, seed, source, x, y)
         if cached:
             print("   (reused the model a previous run trained with these settings)")
@@ -424,10 +429,6 @@ def run(config: CompareConfig) -> CompareResult:
         out.record(PLOT_FILE)
     print(f"\nSaved in {out.root}: {REPORT_FILE}, {RESULTS_FILE}, {PLOT_FILE}")
     return result
-
-
-def _say(message: str) -> None:
-    print(f"\n== {message}", flush=True)
 
 
 # ------------------------------------------------------------------------ report
@@ -703,3 +704,29 @@ def run_from_args(args: argparse.Namespace) -> int:
     """``tfstatprune compare`` on parsed options."""
     run(config_from_args(args))
     return EXIT_OK
+
+
+COMMAND = Command(
+    name="compare",
+    help="prune one trained model one-shot by every criterion; accuracy, compression, speedup",
+    description=(
+        "Train a model on MNIST once per seed (or reuse the one a previous run trained "
+        "with the same settings), prune it one-shot by every criterion to every sparsity, "
+        "optionally retrain each pruned model with its zeros kept, and print test "
+        "accuracy (mean and standard deviation over the seeds), compression ratio and "
+        "theoretical speedup. The table (markdown), the numbers (JSON) and a plot go "
+        "to --out; files there the command did not write are never overwritten "
+        "without --force."
+    ),
+    add_arguments=add_arguments,
+    run=run_from_args,
+)
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "python -m benchmarks.compare") -> int:
+    """``python -m benchmarks.compare [options]``, the same as ``tfstatprune compare [options]``."""
+    return run_command(COMMAND, argv, prog)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

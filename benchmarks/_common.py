@@ -1,0 +1,129 @@
+"""What the scripts under ``benchmarks/`` share: data subsets, dense training, output.
+
+Each script is ``python -m benchmarks.<name> [options]`` from the repository
+root; these helpers are the parts they would otherwise each write again:
+
+* :func:`say`: a progress line;
+* :func:`subset`: a random subset of examples, in their original order;
+* :func:`train_dense`: seed, build, compile and fit the dense model the
+  pruning starts from;
+* :func:`compile_and_fit`: compile and fit a (pruned or wrapped) model;
+* :func:`command_line` and :func:`publish`: the tail of a script's ``main``
+  (the command that reproduces a report, printing it and writing it).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from tfstatprune import models
+from tfstatprune._keras import keras
+
+__all__ = ["command_line", "compile_and_fit", "publish", "say", "subset", "train_dense"]
+
+
+def say(message: str) -> None:
+    """Print a progress line (``== message``) after a blank line, flushed."""
+    print(f"\n== {message}", flush=True)
+
+
+def subset(
+    x: np.ndarray, y: np.ndarray, size: int | None, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """``size`` examples of ``(x, y)`` drawn without replacement, kept in order; all if None.
+
+    Example:
+      >>> x, y = subset(np.arange(10), np.arange(10) % 2, 3, np.random.default_rng(0))
+      >>> x.tolist(), y.tolist()
+      ([5, 6, 9], [1, 0, 1])
+    """
+    if size is None or size >= len(x):
+        return np.asarray(x), np.asarray(y)
+    chosen = np.sort(rng.choice(len(x), size=size, replace=False))
+    return x[chosen], y[chosen]
+
+
+def train_dense(
+    build: Callable[..., keras.Model],
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    seed: int,
+    l2: float,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float = models.DEFAULT_LEARNING_RATE,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    verbose: int = 0,
+) -> keras.Model:
+    """A dense classifier trained from ``seed``: the model every pruning run starts from.
+
+    Sets the global seed, builds ``build(l2=l2, seed=seed)``, compiles it with
+    :func:`tfstatprune.models.compile_classifier` and fits it on ``(x, y)``.
+
+    Returns:
+      The trained (compiled) model.
+    """
+    keras.utils.set_random_seed(seed)
+    model = models.compile_classifier(build(l2=l2, seed=seed), learning_rate)
+    model.fit(
+        x, y, batch_size=batch_size, epochs=epochs, callbacks=list(callbacks), verbose=verbose
+    )
+    return model
+
+
+def compile_and_fit(
+    model: keras.Model,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    epochs: int,
+    batch_size: int,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    learning_rate: float = models.DEFAULT_LEARNING_RATE,
+    seed: int | None = None,
+    verbose: int = 0,
+) -> keras.Model:
+    """Compile ``model`` (a fresh optimizer) and fit it on ``(x, y)``; returns it.
+
+    ``model`` is a pruned model (the caller holds its zeros, with the pruning
+    wrappers and :func:`tfstatprune.callbacks` or a callback of its own) or a
+    wrapped one pruned while it trains. ``seed``, when given, is set after
+    compiling, right before the fit (the data order).
+    """
+    models.compile_classifier(model, learning_rate)
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+    model.fit(
+        x, y, batch_size=batch_size, epochs=epochs, callbacks=list(callbacks), verbose=verbose
+    )
+    return model
+
+
+def command_line(script: str, argv: Sequence[str] | None) -> str:
+    """The command that reruns ``benchmarks/<script>.py`` with ``argv`` (default: ``sys.argv``).
+
+    Example:
+      >>> command_line("seed_frontier", ["--seeds", "1"])
+      'python -m benchmarks.seed_frontier --seeds 1'
+    """
+    given = sys.argv[1:] if argv is None else argv
+    return " ".join([f"python -m benchmarks.{script}", *given])
+
+
+def publish(text: str, out: Path | None, *, figure: str | None = None) -> None:
+    """Print a report and, when ``out`` is given, write it there.
+
+    Args:
+      text: the report (markdown).
+      out: the file to write, or None.
+      figure: the markdown the file gets after the report (a link to the plot
+        written beside it); not printed.
+    """
+    print(text)
+    if out is not None:
+        out.write_text(text + (figure or ""))
