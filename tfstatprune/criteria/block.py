@@ -57,6 +57,7 @@ from tfstatprune.stats.kronecker import KroneckerFactors
 from tfstatprune.stats.moments import WeightStatistics, require_examples
 
 __all__ = [
+    "WALD_NAMES",
     "DEFAULT_DAMPING",
     "DEFAULT_EXACT_FLOPS",
     "DEFAULT_VARIANCE_FLOOR",
@@ -282,7 +283,7 @@ def _factors_of(theta: np.ndarray, stats: WeightStatistics | None, name: str) ->
         raise ValueError(
             f"criterion {name!r} needs the Kronecker factors tfstatprune collects for Dense "
             f"and Conv1D/Conv2D kernels (groups=1), and this weight (shape {np.shape(theta)}) "
-            "has none: prune only those layers with it (layers=[...]) or use 'wald' / 'obd'"
+            "has none: prune only those layers with it (layers=[...]) or use 'wald_diag' / 'obd'"
         )
     return factors
 
@@ -299,8 +300,20 @@ def _bias_row(theta: np.ndarray, factors: KroneckerFactors) -> np.ndarray | None
     return np.zeros(np.shape(theta)[1]) if factors.has_bias else None
 
 
+BLOCK_HESSIANS = ("ggn_exact", "ggn")
+
+
 def _block_request(options: Mapping[str, Any]) -> StatsRequest:
-    return StatsRequest(options.get("hessian", "ggn_exact"), kronecker=True)
+    """Kronecker factors with a GGN output factor ``B_H``; refused before any collection
+    for a curvature the block form has no factor of (the empirical Fisher)."""
+    hessian = options.get("hessian", "ggn_exact")
+    if hessian not in BLOCK_HESSIANS:
+        raise ValueError(
+            f"the block Wald statistic ('wald', 'wald_block') takes hessian in {BLOCK_HESSIANS}, "
+            f"got {hessian!r}; the diagonal form with the empirical Fisher is "
+            "criterion='wald_diag', hessian='fisher'"
+        )
+    return StatsRequest(hessian, kronecker=True)
 
 
 def _obs_request(options: Mapping[str, Any]) -> StatsRequest:
@@ -491,13 +504,6 @@ def _wald_block_group(
     return scores
 
 
-@register_criterion(
-    "wald_block",
-    statistics=_block_request,
-    group=_wald_block_group,
-    update=_wald_block_update,
-    fallback="wald",
-)
 def wald_block(
     theta: np.ndarray,
     stats: WeightStatistics,
@@ -524,7 +530,8 @@ def wald_block(
     to the restricted estimator (OBS update); where solving per output unit
     exactly costs at most ``exact_flops`` (or ``block_size=None``) that is done
     instead, on the mask as decided. ``memory_budget_mb`` bounds one
-    layer's factors. A layer without Kronecker factors is scored by ``"wald"``.
+    layer's factors. A layer without Kronecker factors is scored by
+    ``"wald_diag"`` (the diagonal sandwich), without an update.
     Dense kernels, and Conv kernels as ``[K * C_in, C_out]`` matrices with
     KFC factors (:class:`tfstatprune.stats.rules.conv.ConvRule`).
 
@@ -548,6 +555,20 @@ def wald_block(
         output_damping=output_damping,
     )
     return w[: matrix.shape[0]].reshape(np.shape(theta))
+
+
+# The default criterion "wald" is the best Wald estimator a layer allows: this block form
+# where the layer has Kronecker factors (Dense, Conv), the diagonal sandwich elsewhere.
+# "wald_block" names the same criterion (its name before it became the default).
+WALD_NAMES = ("wald", "wald_block")
+for _name in WALD_NAMES:
+    register_criterion(
+        _name,
+        statistics=_block_request,
+        group=_wald_block_group,
+        update=_wald_block_update,
+        fallback="wald_diag",
+    )(wald_block)
 
 
 @register_criterion("obs", statistics=_obs_request, update=_obs_update, fallback="obd")

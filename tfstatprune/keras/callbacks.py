@@ -18,6 +18,7 @@ from tfstatprune.keras.adjust import adjust_after_pruning, connections
 from tfstatprune.keras.consistency import consistent_masks, update_wrapper_masks
 from tfstatprune.keras.scoring import (
     decide_masks,
+    describe_estimators,
     mask_units,
     resolve_criterion,
     restricted_updates,
@@ -54,8 +55,12 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
       skip_nonfinite: leave out the examples whose loss or gradients are
         NaN/Inf, with a warning saying how many (default: an error).
       seed: seed for sampled labels and for the ``random`` criterion.
-      verbose: 1 prints one line per pruning step, 2 adds the statistics
-        progress bar, 0 is silent.
+      verbose: 1 prints one line per pruning step (and which layers a
+        criterion's fallback scored: the default ``"wald"`` uses the diagonal
+        form where a layer has no Kronecker factors), 2 adds the statistics
+        progress bar, 0 is silent. Each step's record in ``history`` holds
+        ``"estimators"``: ``{layer: estimator}`` (see
+        :class:`tfstatprune.keras.scoring.ScoringResult`).
       adjust_dropout: after each mask update, scale the rate of the Dropout
         feeding a pruned layer by ``sqrt(C_after / C_before)``, C its
         connections (Han et al. 2015; :mod:`tfstatprune.keras.adjust`).
@@ -159,6 +164,7 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
             wrapper.apply_masks()
         groups = _group_by_criterion(due)
         examples = 0
+        estimators: dict[str, str] = {}
         for (_, _, scope, granularity, _), members in groups.items():
             wrappers = [w for w, _ in members]
             units = mask_units(
@@ -183,6 +189,10 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
             )
             if result.statistics is not None:
                 examples = result.statistics.count
+            estimators.update(result.estimators)
+            if result.fallback_layers and self.verbose == 1:  # verbose 2: score_units said it
+                name = resolve_criterion(first.criterion, first.criterion_options).name
+                print(f"\n[tfstatprune] {describe_estimators(name, result.estimators)}")
             if scope == "global":
                 sparsities = {s for _, s in members}
                 if len(sparsities) != 1:
@@ -233,6 +243,7 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
             "seconds": time.perf_counter() - started,
             "examples": examples,
             "sparsity": {w.layer.name: _sparsity(w) for w, _ in due},
+            "estimators": estimators,
         }
         self.history.append(record)
         if self.verbose:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -43,6 +44,8 @@ __all__ = [
     "ScoringResult",
     "Updates",
     "decide_masks",
+    "describe_estimators",
+    "estimator_name",
     "mask_units",
     "restricted_updates",
     "resolve_criterion",
@@ -73,12 +76,23 @@ class MaskUnit(NamedTuple):
 
 
 class ScoringResult(NamedTuple):
-    """Scores by mask-unit key (per entry, or per group), their statistics, and the
-    layers scored by the criterion's diagonal fallback (no Kronecker factors)."""
+    """Scores by mask-unit key (per entry, or per group), their statistics, and
+    which estimator scored each layer.
+
+    Attributes:
+      scores: by mask-unit key.
+      statistics: what was collected for them (None for criteria needing none).
+      fallback_layers: layers scored by the criterion's fallback (no Kronecker
+        factors: Embedding, custom layers), sorted.
+      estimators: ``{layer name: estimator}``, the estimator the name of the
+        criterion function that scored the layer (``"wald_block"`` or
+        ``"wald_diag"`` for the default ``"wald"``; see :func:`estimator_name`).
+    """
 
     scores: dict[str, np.ndarray]
     statistics: CollectedStatistics | None
     fallback_layers: tuple[str, ...] = ()
+    estimators: Mapping[str, str] = MappingProxyType({})
 
 
 def resolve_criterion(criterion: Any, options: Mapping[str, Any]) -> Criterion:
@@ -215,11 +229,13 @@ def score_units(
     )
     scores = {}
     fell_back = []
+    estimators = {}
     for index, unit in enumerate(units):
         unit_crit, unit_options = crit, dict(options)
         if _without_factors(crit, needs, unit, statistics):
             unit_crit, unit_options = _fallback(crit, {"hessian": needs.hessian, **options})
             fell_back.append(unit.layer.name)
+        estimators[unit.layer.name] = estimator_name(unit_crit)
         if derive_seed:
             unit_options[SEED_OPTION] = [seed, step, index]
         if derive_gamma and unit.groupings is not None:
@@ -231,12 +247,44 @@ def score_units(
         else:
             scores[unit.key] = unit_crit.group_scores(thetas, stats, unit.groupings, **unit_options)
     if fell_back and verbose:
-        layers = ", ".join(dict.fromkeys(fell_back))
         print(
-            f"[tfstatprune] criterion {crit.name!r}: no Kronecker factors for layer(s) {layers}; "
-            f"scored them by {crit.fallback!r} (the diagonal form), without an update"
+            f"[tfstatprune] {describe_estimators(crit.name, estimators)} (no Kronecker factors "
+            f"for {', '.join(dict.fromkeys(fell_back))}: scored by {crit.fallback!r}, "
+            "without an update)"
         )
-    return ScoringResult(scores, statistics, tuple(sorted(set(fell_back))))
+    return ScoringResult(scores, statistics, tuple(sorted(set(fell_back))), estimators)
+
+
+def estimator_name(crit: Criterion) -> str:
+    """The name of the estimator ``crit`` computes: its function's registered name.
+
+    Several names may register one function (``"wald"`` and ``"wald_block"``:
+    the block form); this is the function's own name when it is registered for
+    that function, else the criterion's name.
+
+    >>> estimator_name(get_criterion("wald")), estimator_name(get_criterion("wald_diag"))
+    ('wald_block', 'wald_diag')
+    """
+    name = getattr(crit.fn, "__name__", crit.name)
+    try:
+        return name if get_criterion(name).fn is crit.fn else crit.name
+    except ValueError:  # not a registered name
+        return crit.name
+
+
+def describe_estimators(criterion: str, estimators: Mapping[str, str]) -> str:
+    """One line saying which layers each estimator scored (the per-layer choice).
+
+    >>> describe_estimators("wald", {"fc1": "wald_block", "emb": "wald_diag", "out": "wald_block"})
+    "criterion 'wald' per layer: wald_block for fc1, out; wald_diag for emb"
+    """
+    by_estimator: dict[str, list[str]] = {}
+    for layer, name in estimators.items():
+        by_estimator.setdefault(name, []).append(layer)
+    parts = [
+        f"{name} for {', '.join(dict.fromkeys(layers))}" for name, layers in by_estimator.items()
+    ]
+    return f"criterion {criterion!r} per layer: " + "; ".join(parts)
 
 
 def _without_factors(

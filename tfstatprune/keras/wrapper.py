@@ -31,13 +31,47 @@ from tfstatprune.masking import check_m_by_n
 from tfstatprune.schedules import IterativeSparsity, OneShotSparsity
 from tfstatprune.stats.keys import weight_keys
 
-__all__ = ["PruneStatistically", "SCOPES", "schedule_objects"]
+__all__ = [
+    "CRITERION_VERSION",
+    "PruneStatistically",
+    "SCOPES",
+    "schedule_objects",
+    "upgrade_criterion",
+]
 
 SCOPES = ("layer", "global")
 _NO_MASKS_MESSAGE = (
     "The pruning schedule asks for new masks at this step, but no statistical mask "
     "update ran: pass callbacks=tfstatprune.callbacks(stats_data) to model.fit."
 )
+
+
+# What the criterion names in a saved wrapper mean. Version 2: "wald" is the best Wald
+# estimator each layer allows (tfstatprune.criteria.block); a config without a version
+# was written when "wald" was the diagonal sandwich, now "wald_diag".
+CRITERION_VERSION = 2
+_RENAMED_BEFORE_VERSION_2 = {"wald": "wald_diag"}
+
+
+def upgrade_criterion(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a wrapper's config with its criterion named as this version names it.
+
+    A wrapper saved before ``criterion_version`` existed that said ``"wald"``
+    meant the diagonal sandwich: it loads as ``"wald_diag"`` and prunes as it
+    did. The version itself is dropped (the wrapper writes the current one).
+
+    >>> upgrade_criterion({"criterion": "wald"})
+    {'criterion': 'wald_diag'}
+    >>> upgrade_criterion({"criterion": "wald", "criterion_version": 2})
+    {'criterion': 'wald'}
+    """
+    config = dict(config)
+    version = config.pop("criterion_version", 1)
+    if version < CRITERION_VERSION and isinstance(config.get("criterion"), str):
+        config["criterion"] = _RENAMED_BEFORE_VERSION_2.get(
+            config["criterion"], config["criterion"]
+        )
+    return config
 
 
 def schedule_objects() -> dict[str, type]:
@@ -126,8 +160,12 @@ class PruneStatistically(pruning_wrapper.PruneLowMagnitude):
       pruning_schedule: a tfmot ``PruningSchedule`` (tfstatprune's
         ``OneShotSparsity``/``IterativeSparsity`` or tfmot's own).
       criterion: a registered criterion name (see
-        ``tfstatprune.available_criteria()``) or a callable
-        ``(theta, stats, **options) -> scores``.
+        ``tfstatprune.available_criteria()``; the default ``"wald"`` is the
+        block Wald statistic with the restricted estimator where the layer
+        has Kronecker factors, the diagonal ``"wald_diag"`` elsewhere) or a
+        callable ``(theta, stats, **options) -> scores``. A wrapper saved
+        before ``"wald"`` meant that loads with ``"wald_diag"``
+        (:func:`upgrade_criterion`).
       criterion_options: options passed to the criterion, e.g.
         ``{"hessian": "ggn"}``.
       scope: ``"layer"`` (each layer reaches the schedule's sparsity) or
@@ -260,6 +298,7 @@ class PruneStatistically(pruning_wrapper.PruneLowMagnitude):
                 "tfstatprune.register_criterion(name) and pass the name"
             )
         config.update(
+            criterion_version=CRITERION_VERSION,
             criterion=self.criterion,
             criterion_options=dict(self.criterion_options),
             scope=self.scope,
@@ -273,7 +312,7 @@ class PruneStatistically(pruning_wrapper.PruneLowMagnitude):
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> PruneStatistically:
-        config = dict(config)
+        config = upgrade_criterion(config)
         schedule = config.pop("pruning_schedule")
         if isinstance(schedule, dict) and "class_name" not in schedule:
             schedule = {"class_name": "ConstantSparsity", "config": schedule}
