@@ -152,9 +152,38 @@ def test_a_wald_model_saved_by_the_old_code_loads_and_prunes_as_it_did():
     assert (config["criterion"], config["criterion_version"]) == ("wald_diag", CRITERION_VERSION)
 
 
-def test_the_block_form_refuses_the_empirical_fisher_before_collecting(tiny_mlp_data):
-    model, x, y = tiny_mlp_data
-    with pytest.raises(ValueError, match="criterion='wald_diag', hessian='fisher'"):
-        tsp.scores(model, (x, y), "wald", hessian="fisher", verbose=0)
-    fisher = tsp.scores(model, (x, y), "wald_diag", hessian="fisher", verbose=0)
-    assert set(fisher) == {model.get_layer(n).kernel.name for n in ("fc1", "fc2", "output")}
+def test_a_regression_model_gets_the_block_form_with_the_empirical_fisher():
+    # the exact GGN needs a cross-entropy loss; with MSE the default takes H = Sigma
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.layers.Dense(6, activation="tanh", input_shape=(4,), name="fc"),
+            keras.layers.Dense(2, name="out"),
+        ]
+    )
+    model.compile("sgd", "mse")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 4)).astype(np.float32)
+    y = rng.normal(size=(50, 2)).astype(np.float32)
+    with pytest.raises(ValueError, match="cross-entropy"):  # asked for explicitly: refused
+        tsp.scores(model, (x, y), "wald", hessian="ggn_exact", verbose=0)
+    got = tsp.scores(model, (x, y), verbose=0)
+    fisher = tsp.scores(model, (x, y), "wald_block", hessian="fisher", verbose=0)
+    assert set(got) == set(fisher)
+    for key in got:
+        np.testing.assert_allclose(got[key], fisher[key], rtol=1e-6)
+    pruned = tsp.prune_once(model, (x, y), 0.5, verbose=0)
+    kernel = pruned.get_layer("fc").kernel.numpy()
+    assert (kernel == 0).sum() == kernel.size // 2
+
+
+def test_the_block_form_with_the_empirical_fisher_is_obs_weighted_per_unit():
+    from tfstatprune.stats import WeightStatistics
+    from tfstatprune.stats.kronecker import KroneckerFactors
+
+    # A = diag(2, 4), B_S = diag(1, 4) (no curvature factor: H = Sigma): M = B_S^-1,
+    # W_ij = n theta_ij^2 / ([A^-1]_ii M_jj) = n theta^2 A_ii B_jj for diagonal factors
+    f = KroneckerFactors(2, 2 * np.diag([2.0, 4.0]), 2 * np.diag([1.0, 4.0]), None, False)
+    st = WeightStatistics(2, np.zeros((2, 2)), np.ones((2, 2)), kronecker=f)
+    got = tsp.criteria.wald_block(np.ones((2, 2)), st, damping=0.0, variance_floor=0.0)
+    np.testing.assert_allclose(got, 2 * np.outer([2.0, 4.0], [1.0, 4.0]))

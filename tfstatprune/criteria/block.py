@@ -150,12 +150,15 @@ def output_variance(
     as low as their curvature says instead. ``B_S`` is a covariance: it needs
     at least ``MIN_EXAMPLES = 2`` examples (fewer raise a ``ValueError``); with
     fewer examples than outputs it is singular, which the floor absorbs.
+
+    Statistics collected with ``hessian="fisher"`` (the empirical Fisher: any
+    loss) have no curvature factor; then ``B_H = B_S`` (``H = Sigma``) and
+    ``M = B_S^-1`` (damped): the OBS saliency weighted per output unit.
     """
-    if factors.curvature is None:
-        raise ValueError("block criteria need curvature factors: collect with hessian='ggn'")
     require_examples(factors.count, "the sandwich output factor M (wald_block)")
     n = factors.count
-    b_h = _damped(factors.curvature / n, damping if output_damping is None else output_damping)
+    curvature = factors.gradients if factors.curvature is None else factors.curvature
+    b_h = _damped(curvature / n, damping if output_damping is None else output_damping)
     b_h_inv = np.linalg.inv(b_h)
     m_full = b_h_inv @ (factors.gradients / n) @ b_h_inv
     return m_full, np.maximum(np.diag(m_full), variance_floor * np.diag(b_h_inv))
@@ -300,20 +303,8 @@ def _bias_row(theta: np.ndarray, factors: KroneckerFactors) -> np.ndarray | None
     return np.zeros(np.shape(theta)[1]) if factors.has_bias else None
 
 
-BLOCK_HESSIANS = ("ggn_exact", "ggn")
-
-
 def _block_request(options: Mapping[str, Any]) -> StatsRequest:
-    """Kronecker factors with a GGN output factor ``B_H``; refused before any collection
-    for a curvature the block form has no factor of (the empirical Fisher)."""
-    hessian = options.get("hessian", "ggn_exact")
-    if hessian not in BLOCK_HESSIANS:
-        raise ValueError(
-            f"the block Wald statistic ('wald', 'wald_block') takes hessian in {BLOCK_HESSIANS}, "
-            f"got {hessian!r}; the diagonal form with the empirical Fisher is "
-            "criterion='wald_diag', hessian='fisher'"
-        )
-    return StatsRequest(hessian, kronecker=True)
+    return StatsRequest(options.get("hessian", "ggn_exact"), kronecker=True)
 
 
 def _obs_request(options: Mapping[str, Any]) -> StatsRequest:

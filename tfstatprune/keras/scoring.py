@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from tfstatprune._keras import keras
 from tfstatprune.criteria import get_criterion
-from tfstatprune.criteria.registry import Criterion
+from tfstatprune.criteria.registry import HESSIAN_OPTION, Criterion, StatsRequest
 from tfstatprune.criteria.structured import BN_GAMMA_OPTION
 from tfstatprune.granularity import (
     Granularity,
@@ -37,6 +37,7 @@ from tfstatprune.keras.layers import prunable_weights
 from tfstatprune.masking import compute_masks, m_by_n_masks
 from tfstatprune.stats import CollectedStatistics, collect_statistics
 from tfstatprune.stats.keys import weight_keys
+from tfstatprune.stats.losses import resolve_loss
 from tfstatprune.stats.validation import check_finite_weights
 
 __all__ = [
@@ -193,7 +194,7 @@ def score_units(
     """
     options = dict(options or {})
     crit = resolve_criterion(criterion, options)
-    needs = crit.request(options)
+    needs = _curvature_for_loss(crit.request(options), options, model, loss)
     weights = [w for unit in units for w in unit.weights]
     check_finite_weights(
         {k: (w, u.layer.name) for u in units for k, w in zip(u.names, u.weights, strict=True)}
@@ -285,6 +286,24 @@ def describe_estimators(criterion: str, estimators: Mapping[str, str]) -> str:
         f"{name} for {', '.join(dict.fromkeys(layers))}" for name, layers in by_estimator.items()
     ]
     return f"criterion {criterion!r} per layer: " + "; ".join(parts)
+
+
+def _curvature_for_loss(
+    needs: StatsRequest | None, options: Mapping[str, Any], model: keras.Model, loss: Any
+) -> StatsRequest | None:
+    """``needs`` with the empirical Fisher for a block criterion's default exact GGN
+    when the loss is not a cross-entropy (the GGN needs the model's label distribution).
+
+    So the default ``"wald"`` prunes a regression model as the diagonal ``"wald"``
+    did before it (``hessian="fisher"``); an explicit ``hessian=`` is left alone.
+    """
+    if needs is None or not needs.kronecker or needs.hessian != "ggn_exact":
+        return needs
+    if HESSIAN_OPTION in options or needs.loss is not None:
+        return needs
+    if resolve_loss(model, loss).label_distribution is not None:
+        return needs
+    return needs._replace(hessian="fisher")
 
 
 def _without_factors(
