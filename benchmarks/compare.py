@@ -77,7 +77,7 @@ DEFAULT_CRITERIA = (
     "magnitude",
     "random",
     "obd",
-    "wald",
+    "wald_diag",
     "taylor",
     "sensitivity",
     "weight_updates",

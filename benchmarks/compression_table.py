@@ -41,7 +41,7 @@ from tfstatprune._keras import keras
 
 tf.get_logger().setLevel("ERROR")
 
-WALD = "wald_block"
+WALD = "wald"
 BUILDERS = {"lenet_300_100": models.lenet_300_100, "lenet5": models.lenet5}
 THRESHOLDS = {"lenet_300_100": (0.020, 0.016), "lenet5": (0.009, 0.008)}
 # (fraction of weights left, test error) as published

@@ -41,8 +41,8 @@ CRITERIA = {
     "magnitude": ("magnitude", {}),
     "random": ("random", {}),
     "obd": ("obd", {}),
-    "wald (fisher)": ("wald", {"hessian": "fisher"}),
-    "wald (ggn)": ("wald", {"hessian": "ggn"}),
+    "wald (fisher)": ("wald_diag", {"hessian": "fisher"}),
+    "wald (ggn)": ("wald_diag", {"hessian": "ggn"}),
     "wanda": ("wanda", {}),
     "sparsegpt": ("sparsegpt", {"substeps": 1}),  # one shot, as published
     "obc": ("obc", {"substeps": 1}),

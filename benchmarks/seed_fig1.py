@@ -9,7 +9,7 @@ For each optimizer, L2 factor and seed, LeNet-300-100 (L2 on every kernel) is
 trained on MNIST (Adam, the project's default, or SGD with momentum), and the
 first layer's weights (784 x 300) are scored by ``random``, ``magnitude``, the
 paper's diagonal Wald statistic (:data:`PAPER_WALD`) and the layer-wise
-``wald_block``, on 10,000 training examples. A pixel's salience is the
+``wald`` (the default: block), on 10,000 training examples. A pixel's salience is the
 sum of its 300 weights' scores (the paper's map, 28 x 28). The paper's claim
 (section 4.2): magnitude looks random unless heavily regularised (L2 0.5), while
 Wald marks the empty border as unimportant at any L2; the best L2 (1e-4) reached
@@ -48,10 +48,10 @@ from tfstatprune._keras import keras
 
 tf.get_logger().setLevel("ERROR")  # retracing notes: every seed scores a new model
 
-PAPER_WALD = "wald"  # the diagonal sandwich with the empirical Fisher (the paper's)
-CRITERIA = ("random", "magnitude", PAPER_WALD, "wald_block")
+PAPER_WALD = "wald_diag"  # the diagonal sandwich with the empirical Fisher (the paper's)
+CRITERIA = ("random", "magnitude", PAPER_WALD, "wald")
 LABELS = {"random": "random", "magnitude": "magnitude", PAPER_WALD: "Wald (paper, diagonal)"}
-LABELS["wald_block"] = "Wald (block)"
+LABELS["wald"] = "Wald (block)"
 PAPER_ACCURACY = {1e-4: 0.943, 0.5: 0.679}
 FRAME = 4
 SIDE = 28

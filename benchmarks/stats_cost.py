@@ -11,7 +11,7 @@ For each model, on the same MNIST training examples and the same chunk size:
 - plain gradient pass: per chunk, the gradient of the summed loss with respect
   to every trainable weight, accumulated in float32 variables on the device
   (the cheapest honest gradient pass over the data);
-- Wald scoring: ``tfstatprune.scores(model, (x, y), "wald")``, what a user
+- Wald scoring: ``tfstatprune.scores(model, (x, y), "wald_diag")``, what a user
   calls: per-example gradient statistics of the prunable kernels through the
   closed-form rules, then the criterion;
 - the generic path: the same statistics with ``closed_form=False``
@@ -138,7 +138,7 @@ def generic_wald_scoring(
     model: keras.Model, x: np.ndarray, y: np.ndarray, chunk: int
 ) -> Callable[[], dict[str, np.ndarray]]:
     """The statistics on the generic vectorized_map path, then the Wald criterion."""
-    wald = get_criterion("wald")
+    wald = get_criterion("wald_diag")
     kernels = prunable_kernels(model)
 
     def run() -> dict[str, np.ndarray]:
@@ -161,7 +161,7 @@ def measure(name: str, n: int, n_generic: int, repeats: int) -> dict[str, Any]:
     row["bound"] = matmul_bound(model)
 
     def wald() -> None:
-        tsp.scores(model, (x, y), "wald", batch_size=chunk, verbose=0)
+        tsp.scores(model, (x, y), "wald_diag", batch_size=chunk, verbose=0)
 
     row["closed"] = paired_seconds(plain_gradient_pass(model, x, y, chunk), wald, repeats)
     if n_generic > 0:

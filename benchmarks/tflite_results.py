@@ -74,7 +74,7 @@ RAMP = (0.5, 0.7, 0.8)
 PRUNE_EVERY_EPOCHS = 0.5
 HIDDEN_LAYERS = ("fc1", "fc2")
 HIDDEN_UNITS = (300, 100)
-CRITERIA = ("magnitude", "wald")
+CRITERIA = ("magnitude", "wald_diag")
 INT8 = "int8"
 DENSE = "dense"
 

@@ -17,7 +17,7 @@ layer (``fc1``..``fc4``; the output layer is not pruned):
   layer are zeroed too (they carry nothing), which the "weights zero" column
   counts;
 
-each with ``magnitude`` (``|w|``; a unit's L2 norm) and ``wald`` (the
+each with ``magnitude`` (``|w|``; a unit's L2 norm) and ``wald_diag`` (the
 diagonal Wald statistic, empirical Fisher; a unit's sum over its column) on
 2,000 training examples. Test accuracy and cross-entropy on the 10,000
 MNIST test images; magnitude pruning at k = 90 % is repeated after
@@ -61,7 +61,7 @@ STATS_EXAMPLES = 2000
 QUICK_STATS_EXAMPLES = 200
 QUICK_TEST = 2000
 HIDDEN_LAYERS = ("fc1", "fc2", "fc3", "fc4")
-CRITERIA = ("magnitude", "wald")
+CRITERIA = ("magnitude", "wald_diag")
 GRANULARITIES = ("weight", "unit")
 THEOREM_LEVEL = 0.9
 EVAL_BATCH = 1000
@@ -248,8 +248,8 @@ def plot_accuracy(rows: list[Row], path: Path, dense: float) -> None:
     styles = {
         ("magnitude", "weight"): "C0-o",
         ("magnitude", "unit"): "C1-s",
-        ("wald", "weight"): "C0--^",
-        ("wald", "unit"): "C1--D",
+        ("wald_diag", "weight"): "C0--^",
+        ("wald_diag", "unit"): "C1--D",
     }
     for (criterion, granularity), style in styles.items():
         chosen = [r for r in rows if (r.criterion, r.granularity) == (criterion, granularity)]
@@ -355,7 +355,7 @@ def _findings(
         )
     for granularity in GRANULARITIES:
         mag = [r for r in rows if (r.criterion, r.granularity) == ("magnitude", granularity)]
-        wald = [r for r in rows if (r.criterion, r.granularity) == ("wald", granularity)]
+        wald = [r for r in rows if (r.criterion, r.granularity) == ("wald_diag", granularity)]
         better = [m.sparsity for m, w in zip(mag, wald, strict=True) if w.accuracy > m.accuracy]
         worse = [m.sparsity for m, w in zip(mag, wald, strict=True) if w.accuracy < m.accuracy]
         lines.append(

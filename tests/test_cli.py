@@ -312,5 +312,5 @@ def test_demo_results_json_with_fake_numbers(demo, tmp_path):
     json.dumps(numbers)  # serializable
     assert numbers["accuracy"]["one-shot"]["magnitude"] == [0.9795, 0.6731]
     assert numbers["tflite"]["wald"]["gzip_bytes"] == 120_000
-    assert numbers["criteria"] == {"wald": "wald_block", "magnitude": "magnitude"}
+    assert numbers["criteria"] == {"wald": "wald", "magnitude": "magnitude"}
     assert numbers["config"]["out"] == str(tmp_path)

@@ -11,7 +11,7 @@ from scipy import stats as scipy_stats
 
 import tfstatprune as tsp
 from tfstatprune._keras import keras
-from tfstatprune.criteria import get_criterion, obd, wald, wald_pvalues
+from tfstatprune.criteria import get_criterion, obd, wald_diag, wald_pvalues
 from tfstatprune.granularity import group_ids
 from tfstatprune.stats import ActivationStatistics, WeightStatistics
 from tfstatprune.stats.history import UpdateStatistics
@@ -44,7 +44,7 @@ def test_wald_by_hand_on_softmax_regression():
     h = (s**2).mean(0)
     sigma = s.var(0)
     expected = len(x) * w64**2 * h**2 / sigma
-    got = tsp.scores(model, (x, y), "wald", verbose=0)[model.layers[0].kernel.name]
+    got = tsp.scores(model, (x, y), "wald_diag", verbose=0)[model.layers[0].kernel.name]
     np.testing.assert_allclose(got, expected, rtol=1e-4)
     expected_obd = 0.5 * w64**2 * h
     got_obd = tsp.scores(model, (x, y), "obd", verbose=0)[model.layers[0].kernel.name]
@@ -58,7 +58,7 @@ def test_wald_is_zero_not_nan_without_curvature_or_variance():
         np.array([0.0, 0.0, 5.0]),  # third: every example has gradient 1, Sigma = 0
         regularizer_curvature=np.array([0.0, 2e-4, 0.0]),
     )
-    got = wald(np.array([1.0, -2.0, 3.0]), stats)
+    got = wald_diag(np.array([1.0, -2.0, 3.0]), stats)
     np.testing.assert_array_equal(got, [0.0, 0.0, 0.0])
     assert np.all(np.isfinite(obd(np.array([1.0, -2.0, 3.0]), stats)))
 
@@ -66,11 +66,11 @@ def test_wald_is_zero_not_nan_without_curvature_or_variance():
 def test_wald_ggn_uses_the_sampled_curvature():
     stats = WeightStatistics(4, np.zeros(2), np.array([4.0, 8.0]), curvature=np.array([8.0, 4.0]))
     # H = curvature / n = [2, 1]; Sigma = sumsq / n = [1, 2]; W = n theta^2 H^2 / Sigma.
-    np.testing.assert_allclose(wald(np.ones(2), stats, hessian="ggn"), [16.0, 2.0])
+    np.testing.assert_allclose(wald_diag(np.ones(2), stats, hessian="ggn"), [16.0, 2.0])
     with pytest.raises(ValueError, match="hessian"):
-        wald(np.ones(2), stats, hessian="kfac")
+        wald_diag(np.ones(2), stats, hessian="kfac")
     with pytest.raises(ValueError, match="hessian='ggn'"):
-        wald(np.ones(2), stats._replace(curvature=None), hessian="ggn")
+        wald_diag(np.ones(2), stats._replace(curvature=None), hessian="ggn")
 
 
 @pytest.mark.parametrize("df", [1, 2, 5])
@@ -162,7 +162,7 @@ def test_registry_names_unknown_criteria_and_refuses_overwrite():
 def test_regularizer_curvature_is_opt_in_for_wald_and_default_for_obd():
     stats = WeightStatistics(4, np.zeros(1), np.array([4.0]), regularizer_curvature=np.array([1.0]))
     # data: H = 1, Sigma = 1; the penalty adds 1 to H when asked
-    np.testing.assert_allclose(wald(np.array([1.0]), stats), [4.0])
-    np.testing.assert_allclose(wald(np.array([1.0]), stats, regularizer=True), [16.0])
+    np.testing.assert_allclose(wald_diag(np.array([1.0]), stats), [4.0])
+    np.testing.assert_allclose(wald_diag(np.array([1.0]), stats, regularizer=True), [16.0])
     np.testing.assert_allclose(obd(np.array([1.0]), stats), [1.0])
     np.testing.assert_allclose(obd(np.array([1.0]), stats, regularizer=False), [0.5])

@@ -46,7 +46,7 @@ def test_group_scores_by_hand():
     stats_b = WeightStatistics(4, np.zeros(2), np.full(2, 4.0))
     groups = [group_ids(theta.shape, "unit"), group_ids(bias.shape, "unit", bias=True)]
     # Wald with H = Sigma = 1: W_k = 4 theta^2; a unit sums its column and its bias.
-    wald = get_criterion("wald").group_scores([theta, bias], [stats_k, stats_b], groups)
+    wald = get_criterion("wald_diag").group_scores([theta, bias], [stats_k, stats_b], groups)
     np.testing.assert_allclose(wald, [4 * (1 + 9 + 0.25), 4 * (4 + 0.25 + 1)])
     mag = get_criterion("magnitude").group_scores([theta, bias], [None, None], groups)
     np.testing.assert_allclose(mag, [np.sqrt(1 + 9 + 0.25), np.sqrt(4 + 0.25 + 1)])
@@ -57,7 +57,7 @@ def test_group_scores_by_hand():
         reduce_groups([theta], groups[:1], "max")
 
 
-@pytest.mark.parametrize("criterion", ["wald", "magnitude"])
+@pytest.mark.parametrize("criterion", ["wald", "wald_diag", "magnitude"])
 def test_unit_pruning_removes_whole_units_exactly(tiny_mlp_data, criterion):
     model, x, y = tiny_mlp_data
     pruned = tsp.prune_once(model, (x, y), 0.5, criterion, granularity="unit", verbose=0)
@@ -82,7 +82,7 @@ def test_unit_pruning_removes_whole_units_exactly(tiny_mlp_data, criterion):
 
 def test_block_pruning_zeroes_blocks_of_four_inputs(tiny_mlp_data):
     model, x, y = tiny_mlp_data
-    pruned = tsp.prune_once(model, (x, y), 0.75, "wald", granularity=(1, 4), verbose=0)
+    pruned = tsp.prune_once(model, (x, y), 0.75, "wald_diag", granularity=(1, 4), verbose=0)
     kernel = pruned.get_layer("fc1").kernel.numpy()  # [16 inputs, 12 outputs]
     blocks = kernel.reshape(4, 4, 12)
     dead = np.all(blocks == 0, axis=1)
@@ -105,7 +105,7 @@ def test_filter_and_channel_pruning_of_a_conv_model():
     rng = np.random.default_rng(0)
     x, y = rng.random((30, 8, 8, 1), np.float32), rng.integers(0, 3, 30)
     pruned = tsp.prune_once(
-        model, (x, y), 0.5, "wald", granularity="filter", layers=["conv", "conv2"], verbose=0
+        model, (x, y), 0.5, "wald_diag", granularity="filter", layers=["conv", "conv2"], verbose=0
     )
     kernel = pruned.get_layer("conv").kernel.numpy()
     dead = ~kernel.reshape(-1, 6).any(axis=0)
@@ -122,7 +122,7 @@ def test_filter_and_channel_pruning_of_a_conv_model():
 def test_unit_pruning_inside_fit_and_saved_granularity(tiny_mlp_data, tmp_path):
     model, x, y = tiny_mlp_data
     pruned = tsp.prune_statistically(
-        model, (x, y), "wald", tsp.IterativeSparsity([0.25, 0.5], every=3), granularity=(1, 4)
+        model, (x, y), "wald_diag", tsp.IterativeSparsity([0.25, 0.5], every=3), granularity=(1, 4)
     )
     pruned.compile("adam", "sparse_categorical_crossentropy")
     pruned.fit(x, y, epochs=1, batch_size=10, callbacks=tsp.callbacks((x, y), verbose=0), verbose=0)

@@ -35,7 +35,7 @@ def _fit(pruned, x, y, epochs=2, **callback_options):
     return cbs[0]
 
 
-@pytest.mark.parametrize("criterion", ["wald", "magnitude", "obd", "random"])
+@pytest.mark.parametrize("criterion", ["wald", "wald_diag", "magnitude", "obd", "random"])
 def test_fit_reaches_exact_sparsity_and_strip_keeps_predictions(tiny_mlp_data, criterion):
     model, x, y = tiny_mlp_data
     original = [w.copy() for w in model.get_weights()]
@@ -61,7 +61,7 @@ def test_fit_reaches_exact_sparsity_and_strip_keeps_predictions(tiny_mlp_data, c
 def test_masks_are_monotone_across_pruning_steps(tiny_mlp_data):
     model, x, y = tiny_mlp_data
     pruned = tsp.prune_statistically(
-        model, (x, y), "wald", tsp.IterativeSparsity([0.3, 0.6], every=2)
+        model, (x, y), "wald_diag", tsp.IterativeSparsity([0.3, 0.6], every=2)
     )
     masks = []
     pruned.compile("adam", "sparse_categorical_crossentropy")
@@ -88,7 +88,7 @@ def test_masks_are_monotone_across_pruning_steps(tiny_mlp_data):
 def test_global_scope_prunes_the_total_and_differs_per_layer(tiny_mlp_data):
     model, x, y = tiny_mlp_data
     pruned = tsp.prune_statistically(
-        model, (x, y), "wald", tsp.OneShotSparsity(0.7), scope="global"
+        model, (x, y), "wald_diag", tsp.OneShotSparsity(0.7), scope="global"
     )
     _fit(pruned, x, y, epochs=1)
     masks = [m.numpy() for w in _wrappers(pruned) for _, m, _ in w.pruning_vars]
@@ -103,7 +103,7 @@ def test_tfmot_schedules_and_tools_work_with_the_wrapper(tiny_mlp_data, tmp_path
     schedule = tfmot.sparsity.keras.PolynomialDecay(
         0.0, 0.75, begin_step=0, end_step=6, frequency=2
     )
-    pruned = tsp.prune_statistically(model, (x, y), "wald", schedule, hessian="ggn")
+    pruned = tsp.prune_statistically(model, (x, y), "wald_diag", schedule, hessian="ggn")
     pruned.compile("adam", "sparse_categorical_crossentropy")
     cbs = tsp.callbacks((x, y), log_dir=str(tmp_path / "logs"), verbose=0)
     pruned.fit(x, y, epochs=2, batch_size=BATCH, callbacks=cbs, verbose=0)
@@ -118,7 +118,7 @@ def test_tfmot_schedules_and_tools_work_with_the_wrapper(tiny_mlp_data, tmp_path
 
 def test_fit_without_the_callback_fails_with_a_clear_message(tiny_mlp_data):
     model, x, y = tiny_mlp_data
-    pruned = tsp.prune_statistically(model, (x, y), "wald", tsp.OneShotSparsity(0.5, step=2))
+    pruned = tsp.prune_statistically(model, (x, y), "wald_diag", tsp.OneShotSparsity(0.5, step=2))
     pruned.compile("adam", "sparse_categorical_crossentropy")
     with pytest.raises(tf.errors.InvalidArgumentError, match="tfstatprune.callbacks"):
         pruned.fit(
@@ -173,7 +173,7 @@ def test_functional_model_and_layer_selection(tiny_mlp_data):
     model = keras.Model(inputs, out)
     model.compile("adam", "sparse_categorical_crossentropy")
     pruned = tsp.prune_statistically(
-        model, (x, y), "wald", tsp.OneShotSparsity(0.5), layers=["a", "out"]
+        model, (x, y), "wald_diag", tsp.OneShotSparsity(0.5), layers=["a", "out"]
     )
     assert sorted(w.layer.name for w in _wrappers(pruned)) == ["a", "out"]
     _fit(pruned, x, y, epochs=1)
@@ -187,7 +187,7 @@ def test_prune_once_returns_a_pruned_copy(tiny_mlp_data):
     before = [w.copy() for w in model.get_weights()]
     for scope in ("layer", "global"):
         pruned = tsp.prune_once(
-            model, (x, y), 0.9, "wald", scope, min_weights_per_class=0, verbose=0
+            model, (x, y), 0.9, "wald_diag", scope, min_weights_per_class=0, verbose=0
         )
         assert not _wrappers(pruned)
         kernels = _kernels(pruned)
@@ -206,7 +206,7 @@ def test_prune_once_returns_a_pruned_copy(tiny_mlp_data):
 
 def test_scores_are_keyed_by_weight_name(tiny_mlp_data):
     model, x, y = tiny_mlp_data
-    got = tsp.scores(model, (x, y), "wald", verbose=0)
+    got = tsp.scores(model, (x, y), "wald_diag", verbose=0)
     assert list(got) == [model.get_layer(n).kernel.name for n in ("fc1", "fc2", "output")]
     assert all(
         s.shape == model.get_layer(n).kernel.shape
@@ -224,9 +224,9 @@ def test_bad_input_gets_a_clear_error(tiny_mlp_data):
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
         tsp.OneShotSparsity(-0.1)
     with pytest.raises(ValueError, match="empty"):
-        tsp.prune_statistically(model, (x[:0], y[:0]), "wald")
+        tsp.prune_statistically(model, (x[:0], y[:0]), "wald_diag")
     with pytest.raises(ValueError, match="expects"):
-        tsp.prune_statistically(model, (x.reshape(60, 16), y), "wald")
+        tsp.prune_statistically(model, (x.reshape(60, 16), y), "wald_diag")
     with pytest.raises(ValueError, match="no prunable layers"):
         tsp.prune_statistically(
             keras.Sequential([keras.layers.Flatten(input_shape=(2, 2))]), None, "magnitude"
@@ -240,16 +240,16 @@ def test_bad_input_gets_a_clear_error(tiny_mlp_data):
         return tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(y_true, y_pred))
 
     with pytest.raises(ValueError, match="per example"):
-        tsp.prune_once(model, (x, y), 0.5, "wald", loss=summed, verbose=0)
+        tsp.prune_once(model, (x, y), 0.5, "wald_diag", loss=summed, verbose=0)
     with pytest.raises(ValueError, match="scope"):
-        tsp.prune_once(model, (x, y), 0.5, "wald", "network", verbose=0)
+        tsp.prune_once(model, (x, y), 0.5, "wald_diag", "network", verbose=0)
     with pytest.raises(ValueError, match="needs statistics"):
-        tsp.prune_once(model, None, 0.5, "wald", verbose=0)
+        tsp.prune_once(model, None, 0.5, "wald_diag", verbose=0)
 
 
 def test_statistics_of_a_wrapped_model_take_the_closed_form_path(tiny_mlp_data):
     model, x, y = tiny_mlp_data
-    pruned = tsp.prune_statistically(model, (x, y), "wald", tsp.OneShotSparsity(0.5))
+    pruned = tsp.prune_statistically(model, (x, y), "wald_diag", tsp.OneShotSparsity(0.5))
     pruned.compile("adam", "sparse_categorical_crossentropy")
     weights = [v for w in _wrappers(pruned) for v, _, _ in w.pruning_vars]
     got = tsp.collect_statistics(pruned, (x, y), weights=weights, verbose=0)

@@ -241,9 +241,11 @@ def test_block_criteria_fall_back_per_layer_where_there_are_no_factors(capsys):
     data = (rng.integers(0, 12, (40, 3)), rng.integers(0, 3, 40))
     scores = tsp.scores(model, data, "wald_block", verbose=1)
     embed = model.get_layer("embed").embeddings
-    expected = tsp.scores(model, data, "wald", hessian="ggn_exact", verbose=0)[embed.name]
+    expected = tsp.scores(model, data, "wald_diag", hessian="ggn_exact", verbose=0)[embed.name]
     np.testing.assert_allclose(scores[embed.name], expected, rtol=1e-6)
-    assert "layer(s) embed; scored them by 'wald'" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "wald_diag for embed" in out and "wald_block for fc" in out
+    assert "scored by 'wald_diag', without an update" in out
     pruned = tsp.prune_once(model, data, 0.5, "wald_block", verbose=0)
     table = pruned.get_layer("embed").embeddings.numpy()
     assert (table == 0).sum() == table.size // 2

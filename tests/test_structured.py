@@ -56,7 +56,7 @@ def conv_bn_model():
 
 def test_dense_chain_dead_units_zero_exactly_the_next_rows(tiny_mlp_data):
     model, x, y = tiny_mlp_data
-    pruned = tsp.prune_once(model, (x, y), 0.5, "wald", granularity="unit", verbose=0)
+    pruned = tsp.prune_once(model, (x, y), 0.5, "wald_diag", granularity="unit", verbose=0)
     k1, k2, k3 = (pruned.get_layer(n).kernel.numpy() for n in ("fc1", "fc2", "output"))
     dead1, dead2 = dead_units(k1), dead_units(k2)
     assert dead1.sum() == 6 and dead2.sum() == 4
@@ -139,7 +139,7 @@ def test_output_layers_are_unit_pruned_only_when_listed():
 @pytest.mark.parametrize("fixture", ["tiny_mlp_data", "conv_bn_model"])
 def test_shrink_after_unit_pruning_keeps_predictions(fixture, request):
     model, x, y = request.getfixturevalue(fixture)
-    pruned = tsp.prune_once(model, (x, y), 0.5, "wald", granularity="unit", verbose=0)
+    pruned = tsp.prune_once(model, (x, y), 0.5, "wald_diag", granularity="unit", verbose=0)
     result = tsp.shrink(pruned)
     diff = np.abs(pruned(x, training=False) - result.model(x, training=False)).max()
     assert diff <= ATOL_EXACT
@@ -214,8 +214,8 @@ def test_bn_scale_scores_filters_by_the_following_gamma(conv_bn_model):
 def test_group_wald_of_a_unit_is_the_sum_of_its_members(tiny_mlp_data):
     model, x, y = tiny_mlp_data
     kwargs = {"layers": ["fc1"], "verbose": 0}
-    per_weight = tsp.scores(model, (x, y), "wald", prune_bias=True, **kwargs)
-    per_unit = tsp.scores(model, (x, y), "wald", granularity="unit", **kwargs)
+    per_weight = tsp.scores(model, (x, y), "wald_diag", prune_bias=True, **kwargs)
+    per_unit = tsp.scores(model, (x, y), "wald_diag", granularity="unit", **kwargs)
     layer = model.get_layer("fc1")
     members = per_weight[layer.kernel.name].sum(axis=0) + per_weight[layer.bias.name]
     np.testing.assert_allclose(per_unit[layer.kernel.name][0], members, rtol=1e-10)

@@ -291,7 +291,7 @@ def test_full_path_keras3_in_keras3_out(small_cnn, tmp_path):
 
     model, x, y = small_cnn
     before = _weights_by_path(model)
-    wrapped = tsp.prune_statistically(model, (x, y), "wald", tsp.OneShotSparsity(0.5))
+    wrapped = tsp.prune_statistically(model, (x, y), "wald_diag", tsp.OneShotSparsity(0.5))
     wrapped.compile("adam", "sparse_categorical_crossentropy")
     wrapped.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=tsp.callbacks((x, y)))
     reference = tsp.strip_pruning(wrapped, keras_version=2)
@@ -355,7 +355,7 @@ def test_compiled_loss_object_and_user_data_reach_the_translation(small_cnn):
     translated = tsp.to_tf_keras(logits)
     assert isinstance(translated.loss, keras.losses.SparseCategoricalCrossentropy)
     assert translated.loss.get_config()["from_logits"] is True
-    got = tsp.scores(logits, (x, y), "wald", verbose=0)
+    got = tsp.scores(logits, (x, y), "wald_diag", verbose=0)
     assert list(got) == [logits.get_layer("out").kernel.path]
     np.testing.assert_array_equal(_translate.sample_inputs(model, (x, y))[0], x[:8])
     np.testing.assert_array_equal(
@@ -418,4 +418,4 @@ def test_nan_in_the_data_of_a_keras3_model_names_the_examples(small_cnn):
     bad = x.copy()
     bad[3, 0, 0, 0] = np.nan
     with pytest.raises(NonFiniteDataError, match=r"example indices \[3\]"):
-        tsp.prune_once(model, (bad, y), 0.5, "wald", verbose=0)
+        tsp.prune_once(model, (bad, y), 0.5, "wald_diag", verbose=0)

@@ -16,10 +16,10 @@ smoke run of about a minute, ``--help`` for the options):
 5. print the table, draw ``demo.png`` (needs ``matplotlib``), say where the
    files are and what to try next.
 
-"Wald" is :data:`WALD_CRITERION`: the layer-wise (Kronecker-factored)
-covariance with the restricted-estimator update, the strongest Wald estimator
-of the project. Nothing in the output directory that the demo did not write
-is overwritten (``--force`` to allow it).
+"Wald" is :data:`WALD_CRITERION`, the default criterion ``"wald"``: the
+layer-wise (Kronecker-factored) covariance with the restricted-estimator
+update, the strongest Wald estimator of the project. Nothing in the output
+directory that the demo did not write is overwritten (``--force`` to allow it).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ DEFAULT_OUT = Path("runs") / "demo"
 DEFAULT_SEED = 0
 MODEL = "lenet_300_100"
 L2 = 1e-4
-WALD_CRITERION = "wald_block"
+WALD_CRITERION = "wald"  # the default criterion
 # label -> registered criterion
 CRITERIA = {"wald": WALD_CRITERION, "magnitude": "magnitude"}
 LEVELS = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99)
@@ -533,7 +533,8 @@ def _title(result: DemoResult) -> str:
     mode = " (quick run: accuracies are not representative)" if result.config.quick else ""
     return (
         f"LeNet-300-100 on MNIST ({result.source}), every layer pruned; dense test accuracy "
-        f"{_percent(result.dense_accuracy)} %; wald = {WALD_CRITERION}; seed "
+        f"{_percent(result.dense_accuracy)} %; wald = criterion {WALD_CRITERION!r} (block, "
+        "restricted estimator); seed "
         f"{result.config.seed}{mode}"
     )
 
@@ -647,7 +648,8 @@ COMMAND = Command(
         "Train LeNet-300-100 on MNIST (or reuse the model a previous run trained with "
         "the same settings), prune it one-shot (no retraining) and iteratively inside "
         "fit to 50, 80, 90, 95, 98 and 99% of every layer's weights by the Wald "
-        "statistic (wald_block) and by magnitude, print test accuracy per level, draw "
+        "statistic (the default criterion wald) and by magnitude, print test accuracy "
+        "per level, draw "
         "demo.png, export the dense and Wald-pruned models to TFLite and time them. "
         "Everything is saved in --out. Files there that the demo did not write are "
         "never overwritten without --force."

@@ -1,4 +1,11 @@
-"""Pruning criteria: pure functions ``(theta, stats, **options) -> scores`` (higher = keep)."""
+"""Pruning criteria: pure functions ``(theta, stats, **options) -> scores`` (higher = keep).
+
+The default, ``"wald"``, is the best Wald estimator each layer allows: the block
+covariance with the restricted estimator (:func:`wald_block`, also registered as
+``"wald_block"``) where the layer has Kronecker factors (Dense, Conv), the seed
+paper's diagonal sandwich (:func:`wald_diag`, ``"wald_diag"``) elsewhere. The
+Python function :func:`wald` is the diagonal form, as before.
+"""
 
 from tfstatprune.criteria import block as _block  # noqa: F401  (registers criteria)
 from tfstatprune.criteria import classic as _classic  # noqa: F401  (registers criteria)
@@ -20,7 +27,7 @@ from tfstatprune.criteria.registry import (
 from tfstatprune.criteria.sensitivity import sensitivity
 from tfstatprune.criteria.structured import apoz, bn_scale
 from tfstatprune.criteria.taylor import taylor
-from tfstatprune.criteria.wald import curvature_diagonal, wald, wald_pvalues
+from tfstatprune.criteria.wald import curvature_diagonal, wald, wald_diag, wald_pvalues
 
 __all__ = [
     "Criterion",
@@ -41,6 +48,7 @@ __all__ = [
     "taylor",
     "wald",
     "wald_block",
+    "wald_diag",
     "wald_pvalues",
     "wanda",
     "weight_updates",

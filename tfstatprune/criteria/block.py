@@ -57,6 +57,7 @@ from tfstatprune.stats.kronecker import KroneckerFactors
 from tfstatprune.stats.moments import WeightStatistics, require_examples
 
 __all__ = [
+    "WALD_NAMES",
     "DEFAULT_DAMPING",
     "DEFAULT_EXACT_FLOPS",
     "DEFAULT_VARIANCE_FLOOR",
@@ -149,12 +150,15 @@ def output_variance(
     as low as their curvature says instead. ``B_S`` is a covariance: it needs
     at least ``MIN_EXAMPLES = 2`` examples (fewer raise a ``ValueError``); with
     fewer examples than outputs it is singular, which the floor absorbs.
+
+    Statistics collected with ``hessian="fisher"`` (the empirical Fisher: any
+    loss) have no curvature factor; then ``B_H = B_S`` (``H = Sigma``) and
+    ``M = B_S^-1`` (damped): the OBS saliency weighted per output unit.
     """
-    if factors.curvature is None:
-        raise ValueError("block criteria need curvature factors: collect with hessian='ggn'")
     require_examples(factors.count, "the sandwich output factor M (wald_block)")
     n = factors.count
-    b_h = _damped(factors.curvature / n, damping if output_damping is None else output_damping)
+    curvature = factors.gradients if factors.curvature is None else factors.curvature
+    b_h = _damped(curvature / n, damping if output_damping is None else output_damping)
     b_h_inv = np.linalg.inv(b_h)
     m_full = b_h_inv @ (factors.gradients / n) @ b_h_inv
     return m_full, np.maximum(np.diag(m_full), variance_floor * np.diag(b_h_inv))
@@ -282,7 +286,7 @@ def _factors_of(theta: np.ndarray, stats: WeightStatistics | None, name: str) ->
         raise ValueError(
             f"criterion {name!r} needs the Kronecker factors tfstatprune collects for Dense "
             f"and Conv1D/Conv2D kernels (groups=1), and this weight (shape {np.shape(theta)}) "
-            "has none: prune only those layers with it (layers=[...]) or use 'wald' / 'obd'"
+            "has none: prune only those layers with it (layers=[...]) or use 'wald_diag' / 'obd'"
         )
     return factors
 
@@ -491,13 +495,6 @@ def _wald_block_group(
     return scores
 
 
-@register_criterion(
-    "wald_block",
-    statistics=_block_request,
-    group=_wald_block_group,
-    update=_wald_block_update,
-    fallback="wald",
-)
 def wald_block(
     theta: np.ndarray,
     stats: WeightStatistics,
@@ -524,7 +521,8 @@ def wald_block(
     to the restricted estimator (OBS update); where solving per output unit
     exactly costs at most ``exact_flops`` (or ``block_size=None``) that is done
     instead, on the mask as decided. ``memory_budget_mb`` bounds one
-    layer's factors. A layer without Kronecker factors is scored by ``"wald"``.
+    layer's factors. A layer without Kronecker factors is scored by
+    ``"wald_diag"`` (the diagonal sandwich), without an update.
     Dense kernels, and Conv kernels as ``[K * C_in, C_out]`` matrices with
     KFC factors (:class:`tfstatprune.stats.rules.conv.ConvRule`).
 
@@ -548,6 +546,20 @@ def wald_block(
         output_damping=output_damping,
     )
     return w[: matrix.shape[0]].reshape(np.shape(theta))
+
+
+# The default criterion "wald" is the best Wald estimator a layer allows: this block form
+# where the layer has Kronecker factors (Dense, Conv), the diagonal sandwich elsewhere.
+# "wald_block" names the same criterion (its name before it became the default).
+WALD_NAMES = ("wald", "wald_block")
+for _name in WALD_NAMES:
+    register_criterion(
+        _name,
+        statistics=_block_request,
+        group=_wald_block_group,
+        update=_wald_block_update,
+        fallback="wald_diag",
+    )(wald_block)
 
 
 @register_criterion("obs", statistics=_obs_request, update=_obs_update, fallback="obd")

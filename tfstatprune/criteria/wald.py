@@ -1,10 +1,14 @@
-"""The Wald criterion (seed paper, "In search of theoretically grounded pruning", sec. 3).
+"""The diagonal Wald criterion (seed paper, "In search of theoretically grounded pruning", sec. 3).
 
 Trained weights are an M-estimate: asymptotically
 ``theta_hat ~ N(theta_0, Avar / n)`` with the sandwich ``Avar = H^-1 Sigma H^-1``
 (H the expected Hessian of the per-example loss, Sigma the covariance of the
 per-example score). The Wald statistic for ``H0: theta_k = 0`` is
 ``W_k = n * theta_k^2 / Avar_kk``, chi-square with one degree of freedom under H0.
+
+Registered as ``"wald_diag"``: the paper's diagonal sandwich. The default
+criterion ``"wald"`` is the block form of :mod:`tfstatprune.criteria.block`
+where a layer has Kronecker factors (Dense, Conv) and this one elsewhere.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from scipy import stats as scipy_stats
 from tfstatprune.criteria.registry import hessian_from_options, register_criterion
 from tfstatprune.stats.moments import WeightStatistics, require_examples
 
-__all__ = ["wald", "wald_pvalues", "curvature_diagonal"]
+__all__ = ["wald", "wald_diag", "wald_pvalues", "curvature_diagonal"]
 
 HESSIANS = ("fisher", "ggn", "ggn_exact")
 
@@ -45,8 +49,8 @@ def curvature_diagonal(
     return data, data
 
 
-@register_criterion("wald", statistics=hessian_from_options)
-def wald(
+@register_criterion("wald_diag", statistics=hessian_from_options)
+def wald_diag(
     theta: np.ndarray,
     stats: WeightStatistics,
     *,
@@ -78,7 +82,7 @@ def wald(
 
     >>> from tfstatprune.stats import WeightStatistics
     >>> st = WeightStatistics(4, np.array([0.0, 2.0, 0.0]), np.array([4.0, 4.0, 0.0]))
-    >>> wald(np.array([1.0, 1.0, 3.0]), st)
+    >>> wald_diag(np.array([1.0, 1.0, 3.0]), st)
     array([4.        , 5.33333333, 0.        ])
 
     (First weight: H = 4/4 = 1, Sigma = 1 - 0 = 1, W = 4 * 1 * 1 / 1. Second:
@@ -93,6 +97,11 @@ def wald(
     with np.errstate(divide="ignore", invalid="ignore"):
         w = stats.count * np.square(theta) * np.square(h) / sigma
     return np.where(informative, w, 0.0)
+
+
+# The function's name before the registered name "wald" became the per-layer best
+# estimator: importing it still gives the diagonal form.
+wald = wald_diag
 
 
 def wald_pvalues(

@@ -327,7 +327,8 @@ def prune_once(
         granularity -- to set to zero, in [0, 1); or ``"auto"``: the highest
         level not significantly worse than the dense model on ``holdout``
         (see :func:`prune_auto`, whose report is printed).
-      criterion: a criterion name or callable.
+      criterion: a criterion name or callable; the default ``"wald"`` is the
+        best Wald estimator each layer allows (:mod:`tfstatprune.criteria`).
       scope: ``"layer"`` or ``"global"``.
       granularity: ``"weight"``, ``"unit"``, ``"filter"``, ``"channel"``,
         ``(1, 4)`` or ``(1, 16)``. With ``"unit"``/``"filter"`` a pruned
@@ -350,7 +351,7 @@ def prune_once(
         then be ``m / n``.
       substeps: prune in this many steps of geometrically shrinking density,
         the statistics recomputed between them (default: 4 for criteria that
-        update the surviving weights -- ``wald_block``, ``obs`` -- else 1).
+        update the surviving weights -- ``wald``, ``obs`` -- else 1).
       holdout: ``(x, y)`` held-out data for ``sparsity="auto"``.
       alpha: the test level for ``sparsity="auto"``.
       loss: per-example loss (default: the compiled loss).
@@ -366,7 +367,7 @@ def prune_once(
     Returns:
       A copy of ``model`` with exactly ``round(sparsity * N)`` weights (or
       groups) zeroed per layer (at least one kept); criteria with an update
-      (``wald_block``, ``obs``) also move the surviving weights to the
+      (``wald``, ``obs``) also move the surviving weights to the
       restricted estimator.
     """
     settings = settings_from_arguments(

@@ -19,7 +19,7 @@ from tfstatprune._keras import keras
 from tfstatprune.keras.adjust import adjust_after_pruning, connections
 from tfstatprune.keras.config import StatsConfig
 from tfstatprune.keras.consistency import consistent_masks, update_wrapper_masks
-from tfstatprune.keras.scoring import mask_units, resolve_criterion
+from tfstatprune.keras.scoring import describe_estimators, mask_units, resolve_criterion
 from tfstatprune.keras.step import PruneStepResult, column_floors, prune_step
 from tfstatprune.keras.wrapper import PruneStatistically, stats_data_of
 from tfstatprune.schedules import IterativeSparsity, schedule_decision
@@ -53,8 +53,12 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
       skip_nonfinite: leave out the examples whose loss or gradients are
         NaN/Inf, with a warning saying how many (default: an error).
       seed: seed for sampled labels and for the ``random`` criterion.
-      verbose: 1 prints one line per pruning step, 2 adds the statistics
-        progress bar, 0 is silent.
+      verbose: 1 prints one line per pruning step (and which layers a
+        criterion's fallback scored: the default ``"wald"`` uses the diagonal
+        form where a layer has no Kronecker factors), 2 adds the statistics
+        progress bar, 0 is silent. Each step's record in ``history`` holds
+        ``"estimators"``: ``{layer: estimator}`` (see
+        :class:`tfstatprune.keras.scoring.ScoringResult`).
       adjust_dropout: after each mask update, scale the rate of the Dropout
         feeding a pruned layer by ``sqrt(C_after / C_before)``, C its
         connections (Han et al. 2015; :mod:`tfstatprune.keras.adjust`).
@@ -197,10 +201,16 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
             wrapper.apply_masks()
         stats = dataclasses.replace(self.stats, verbose=int(self.verbose > 1))
         examples = 0
+        estimators: dict[str, str] = {}
         for members in _group_by_settings(due):
             result = self._prune_group(members, step, stats)
             if result.scoring.statistics is not None:
                 examples = result.scoring.statistics.count
+            estimators.update(result.scoring.estimators)
+            if result.scoring.fallback_layers and self.verbose == 1:  # 2: score_units said it
+                first = members[0][0]
+                name = resolve_criterion(first.criterion, first.criterion_options).name
+                print(f"\n[tfstatprune] {describe_estimators(name, result.scoring.estimators)}")
         update_wrapper_masks(self.model, self._wrappers)  # rows of wrappers not due now
         self._adjust({w: (c, connections(w)) for w, c in before.items()}, due)
         record = {
@@ -208,6 +218,7 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
             "seconds": time.perf_counter() - started,
             "examples": examples,
             "sparsity": {w.layer.name: _sparsity(w) for w, _ in due},
+            "estimators": estimators,
         }
         self.history.append(record)
         if self.verbose:

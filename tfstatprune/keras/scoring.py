@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -18,7 +19,7 @@ import tensorflow as tf
 
 from tfstatprune._keras import keras
 from tfstatprune.criteria import get_criterion
-from tfstatprune.criteria.registry import Criterion, StatsRequest
+from tfstatprune.criteria.registry import HESSIAN_OPTION, Criterion, StatsRequest
 from tfstatprune.granularity import (
     Granularity,
     Grouping,
@@ -36,6 +37,7 @@ from tfstatprune.keras.layers import prunable_weights
 from tfstatprune.masking import compute_masks, m_by_n_masks
 from tfstatprune.stats import CollectedStatistics, collect_statistics
 from tfstatprune.stats.keys import weight_keys
+from tfstatprune.stats.losses import resolve_loss
 from tfstatprune.stats.validation import check_finite_weights
 
 __all__ = [
@@ -43,6 +45,8 @@ __all__ = [
     "ScoringResult",
     "Updates",
     "decide_masks",
+    "describe_estimators",
+    "estimator_name",
     "mask_units",
     "restricted_updates",
     "resolve_criterion",
@@ -71,12 +75,23 @@ class MaskUnit(NamedTuple):
 
 
 class ScoringResult(NamedTuple):
-    """Scores by mask-unit key (per entry, or per group), their statistics, and the
-    layers scored by the criterion's diagonal fallback (no Kronecker factors)."""
+    """Scores by mask-unit key (per entry, or per group), their statistics, and
+    which estimator scored each layer.
+
+    Attributes:
+      scores: by mask-unit key.
+      statistics: what was collected for them (None for criteria needing none).
+      fallback_layers: layers scored by the criterion's fallback (no Kronecker
+        factors: Embedding, custom layers), sorted.
+      estimators: ``{layer name: estimator}``, the estimator the name of the
+        criterion function that scored the layer (``"wald_block"`` or
+        ``"wald_diag"`` for the default ``"wald"``; see :func:`estimator_name`).
+    """
 
     scores: dict[str, np.ndarray]
     statistics: CollectedStatistics | None
     fallback_layers: tuple[str, ...] = ()
+    estimators: Mapping[str, str] = MappingProxyType({})
 
 
 def resolve_criterion(criterion: Any, options: Mapping[str, Any]) -> Criterion:
@@ -173,7 +188,7 @@ def score_units(
     """
     options = dict(options or {})
     crit = resolve_criterion(criterion, options)
-    needs = crit.needs(options)
+    needs = _curvature_for_loss(crit.needs(options), options, model, stats.loss)
     weights = [w for unit in units for w in unit.weights]
     check_finite_weights(
         {k: (w, u.layer.name) for u in units for k, w in zip(u.names, u.weights, strict=True)}
@@ -203,11 +218,13 @@ def score_units(
     derive_gamma = needs.bn_scale if needs.bn_scale not in options else None
     scores = {}
     fell_back = []
+    estimators = {}
     for index, unit in enumerate(units):
         unit_crit, unit_options = crit, dict(options)
         if _without_factors(crit, needs, unit, statistics):
             unit_crit, unit_options = _fallback(crit, {"hessian": needs.hessian, **options})
             fell_back.append(unit.layer.name)
+        estimators[unit.layer.name] = estimator_name(unit_crit)
         if derive_seed is not None:
             unit_options[derive_seed] = [stats.seed, step, index]
         if derive_gamma is not None and unit.groupings is not None:
@@ -221,12 +238,62 @@ def score_units(
                 thetas, stats_of, unit.groupings, **unit_options
             )
     if fell_back and stats.verbose:
-        layers = ", ".join(dict.fromkeys(fell_back))
         print(
-            f"[tfstatprune] criterion {crit.name!r}: no Kronecker factors for layer(s) {layers}; "
-            f"scored them by {crit.fallback!r} (the diagonal form), without an update"
+            f"[tfstatprune] {describe_estimators(crit.name, estimators)} (no Kronecker factors "
+            f"for {', '.join(dict.fromkeys(fell_back))}: scored by {crit.fallback!r}, "
+            "without an update)"
         )
-    return ScoringResult(scores, statistics, tuple(sorted(set(fell_back))))
+    return ScoringResult(scores, statistics, tuple(sorted(set(fell_back))), estimators)
+
+
+def estimator_name(crit: Criterion) -> str:
+    """The name of the estimator ``crit`` computes: its function's registered name.
+
+    Several names may register one function (``"wald"`` and ``"wald_block"``:
+    the block form); this is the function's own name when it is registered for
+    that function, else the criterion's name.
+
+    >>> estimator_name(get_criterion("wald")), estimator_name(get_criterion("wald_diag"))
+    ('wald_block', 'wald_diag')
+    """
+    name = getattr(crit.fn, "__name__", crit.name)
+    try:
+        return name if get_criterion(name).fn is crit.fn else crit.name
+    except ValueError:  # not a registered name
+        return crit.name
+
+
+def describe_estimators(criterion: str, estimators: Mapping[str, str]) -> str:
+    """One line saying which layers each estimator scored (the per-layer choice).
+
+    >>> describe_estimators("wald", {"fc1": "wald_block", "emb": "wald_diag", "out": "wald_block"})
+    "criterion 'wald' per layer: wald_block for fc1, out; wald_diag for emb"
+    """
+    by_estimator: dict[str, list[str]] = {}
+    for layer, name in estimators.items():
+        by_estimator.setdefault(name, []).append(layer)
+    parts = [
+        f"{name} for {', '.join(dict.fromkeys(layers))}" for name, layers in by_estimator.items()
+    ]
+    return f"criterion {criterion!r} per layer: " + "; ".join(parts)
+
+
+def _curvature_for_loss(
+    needs: StatsRequest | None, options: Mapping[str, Any], model: keras.Model, loss: Any
+) -> StatsRequest | None:
+    """``needs`` with the empirical Fisher for a block criterion's default exact GGN
+    when the loss is not a cross-entropy (the GGN needs the model's label distribution).
+
+    So the default ``"wald"`` prunes a regression model as the diagonal ``"wald"``
+    did before it (``hessian="fisher"``); an explicit ``hessian=`` is left alone.
+    """
+    if needs is None or not needs.kronecker or needs.hessian != "ggn_exact":
+        return needs
+    if HESSIAN_OPTION in options or needs.loss is not None:
+        return needs
+    if resolve_loss(model, loss).label_distribution is not None:
+        return needs
+    return needs._replace(hessian="fisher")
 
 
 def _without_factors(

@@ -34,17 +34,47 @@ from tfstatprune.schedules import IterativeSparsity, OneShotSparsity, schedule_d
 from tfstatprune.stats.keys import weight_keys
 
 __all__ = [
+    "CRITERION_VERSION",
     "PruneStatistically",
     "SCOPES",
     "remember_stats_data",
     "schedule_objects",
     "stats_data_of",
+    "upgrade_criterion",
 ]
 
 _NO_MASKS_MESSAGE = (
     "The pruning schedule asks for new masks at this step, but no statistical mask "
     "update ran: pass callbacks=tfstatprune.callbacks(stats_data) to model.fit."
 )
+
+
+# What the criterion names in a saved wrapper mean. Version 2: "wald" is the best Wald
+# estimator each layer allows (tfstatprune.criteria.block); a config without a version
+# was written when "wald" was the diagonal sandwich, now "wald_diag".
+CRITERION_VERSION = 2
+_RENAMED_BEFORE_VERSION_2 = {"wald": "wald_diag"}
+
+
+def upgrade_criterion(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a wrapper's config with its criterion named as this version names it.
+
+    A wrapper saved before ``criterion_version`` existed that said ``"wald"``
+    meant the diagonal sandwich: it loads as ``"wald_diag"`` and prunes as it
+    did. The version itself is dropped (the wrapper writes the current one).
+
+    >>> upgrade_criterion({"criterion": "wald"})
+    {'criterion': 'wald_diag'}
+    >>> upgrade_criterion({"criterion": "wald", "criterion_version": 2})
+    {'criterion': 'wald'}
+    """
+    config = dict(config)
+    version = config.pop("criterion_version", 1)
+    if version < CRITERION_VERSION and isinstance(config.get("criterion"), str):
+        config["criterion"] = _RENAMED_BEFORE_VERSION_2.get(
+            config["criterion"], config["criterion"]
+        )
+    return config
 
 
 def schedule_objects() -> dict[str, type]:
@@ -156,8 +186,12 @@ class PruneStatistically(pruning_wrapper.PruneLowMagnitude):
       pruning_schedule: a tfmot ``PruningSchedule`` (tfstatprune's
         ``OneShotSparsity``/``IterativeSparsity`` or tfmot's own).
       criterion: a registered criterion name (see
-        ``tfstatprune.available_criteria()``) or a callable
-        ``(theta, stats, **options) -> scores``.
+        ``tfstatprune.available_criteria()``; the default ``"wald"`` is the
+        block Wald statistic with the restricted estimator where the layer
+        has Kronecker factors, the diagonal ``"wald_diag"`` elsewhere) or a
+        callable ``(theta, stats, **options) -> scores``. A wrapper saved
+        before ``"wald"`` meant that loads with ``"wald_diag"``
+        (:func:`upgrade_criterion`).
       criterion_options: options passed to the criterion, e.g.
         ``{"hessian": "ggn"}``.
       scope: ``"layer"`` (each layer reaches the schedule's sparsity) or
@@ -312,12 +346,16 @@ class PruneStatistically(pruning_wrapper.PruneLowMagnitude):
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config["pruning_schedule"] = _schedule_config(self.pruning_schedule)
-        config.update(self.settings.get_config(), keep_per_unit=self.keep_per_unit)
+        config.update(
+            self.settings.get_config(),
+            keep_per_unit=self.keep_per_unit,
+            criterion_version=CRITERION_VERSION,
+        )
         return config
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> PruneStatistically:
-        config = dict(config)
+        config = upgrade_criterion(config)
         settings = MaskSettings.from_config(config)
         for key in settings.get_config():
             config.pop(key, None)
