@@ -73,14 +73,15 @@ def test_default_scores_each_layer_by_the_best_estimator_and_says_which(capsys):
 
 
 def test_scoring_result_names_the_estimator_of_every_layer():
+    from tfstatprune.keras.config import StatsConfig
     from tfstatprune.keras.scoring import mask_units, score_units
 
     model, data = _embedding_model()
     units = mask_units([model.get_layer("embed"), model.get_layer("fc")])
-    result = score_units(model, units, data, "wald", verbose=0)
+    result = score_units(model, units, data, "wald", stats=StatsConfig(verbose=0))
     assert dict(result.estimators) == {"embed": "wald_diag", "fc": "wald_block"}
     assert result.fallback_layers == ("embed",)
-    diag = score_units(model, units, data, "wald_diag", verbose=0)
+    diag = score_units(model, units, data, "wald_diag", stats=StatsConfig(verbose=0))
     assert dict(diag.estimators) == {"embed": "wald_diag", "fc": "wald_diag"}
 
 

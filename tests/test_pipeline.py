@@ -195,10 +195,14 @@ def test_a_criterion_needing_data_without_any_is_a_clear_error(tiny_mlp_data):
 # --- one step for both entry points -----------------------------------------------------
 
 
-@pytest.mark.parametrize("criterion", ["wald", "magnitude"])
-def test_prune_once_and_the_callback_take_the_same_step(tiny_mlp_data, criterion):
+@pytest.mark.parametrize(
+    ("criterion", "substeps"), [("wald_diag", None), ("magnitude", None), ("wald", 1)]
+)
+def test_prune_once_and_the_callback_take_the_same_step(tiny_mlp_data, criterion, substeps):
+    # (the default "wald" updates the surviving weights, and prune_once then prunes in
+    # several substeps by default; the callback's single step is substeps=1)
     model, x, y = tiny_mlp_data
-    once = tsp.prune_once(model, (x, y), 0.6, criterion, verbose=0)
+    once = tsp.prune_once(model, (x, y), 0.6, criterion, substeps=substeps, verbose=0)
     pruned = tsp.prune_statistically(model, (x, y), criterion, tsp.OneShotSparsity(0.6))
     pruned.compile("adam", "sparse_categorical_crossentropy")
     callback = tsp.callbacks(verbose=0)[0]
