@@ -159,6 +159,15 @@ class WeightStatistics(_WeightFields):
             cls, count, sum, sumsq, curvature, regularizer_curvature, layer, rounding
         )
 
+    def _replace(self, **changes: object) -> WeightStatistics:
+        """As a NamedTuple's, and ``kronecker=``/``activations=`` replace the layer's records."""
+        records = {f: changes.pop(f) for f in LayerStatistics._fields if f in changes}
+        replaced = super()._replace(**changes)
+        if not records:
+            return replaced
+        layer = (replaced.layer or LayerStatistics())._replace(**records)
+        return super(WeightStatistics, replaced)._replace(layer=layer)
+
     @property
     def kronecker(self) -> KroneckerFactors | None:
         """The owning layer's Kronecker factors (``layer.kronecker``), or None."""
