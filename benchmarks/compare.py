@@ -56,6 +56,7 @@ from tfstatprune.commands import (
     run_command,
 )
 from tfstatprune.criteria import get_criterion
+from tfstatprune.structure.cost import kernel_parameters, nonzero_flops
 from tfstatprune.tables import Table, format_markdown, format_text
 
 __all__ = [
@@ -100,13 +101,6 @@ QUICK_EPOCHS = 1
 QUICK_TRAIN_EXAMPLES = 10_000
 QUICK_STATS_EXAMPLES = 1_000
 QUICK_TEST_EXAMPLES = 2_000
-
-_FLOP_LAYERS = (
-    keras.layers.Dense,
-    keras.layers.Conv1D,
-    keras.layers.Conv2D,
-    keras.layers.Conv3D,
-)
 
 
 def load_mnist() -> tuple[datasets.MNIST, str]:
@@ -215,47 +209,9 @@ class CompareResult(NamedTuple):
 # ----------------------------------------------------------------------- metrics
 
 
-def _leaf_layers(model: keras.Model) -> list[keras.layers.Layer]:
-    found = []
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            found.extend(_leaf_layers(layer))
-        else:
-            found.append(layer.layer if isinstance(layer, keras.layers.Wrapper) else layer)
-    return found
-
-
-def _positions(layer: keras.layers.Layer) -> int:
-    """Where a Dense or convolution kernel is applied: 1 for a flat Dense, output pixels else."""
-    if isinstance(layer, keras.layers.Dense):
-        shape = layer.input_shape
-        return int(np.prod(shape[1:-1])) if len(shape) > 2 else 1
-    return int(np.prod(layer.output_shape[1:-1]))
-
-
-def nonzero_flops(model: keras.Model) -> int:
-    """Multiply-adds of the non-zero kernel entries of Dense and convolution layers.
-
-    Each non-zero kernel entry costs one multiply-add per position the layer
-    is applied at; for a dense model this is
-    :func:`tfstatprune.shrink.count_flops`.
-    """
-    total = 0
-    for layer in _leaf_layers(model):
-        if isinstance(layer, _FLOP_LAYERS):
-            total += int(np.count_nonzero(layer.kernel.numpy())) * _positions(layer)
-    return total
-
-
 def nonzero_parameters(model: keras.Model) -> int:
     """Non-zero kernel and bias entries (the parameters :func:`models.count_params` counts)."""
-    total = 0
-    for layer in _leaf_layers(model):
-        for attribute in ("kernel", "bias"):
-            variable = getattr(layer, attribute, None)
-            if variable is not None:
-                total += int(np.count_nonzero(variable.numpy()))
-    return total
+    return kernel_parameters(model, nonzero=True)
 
 
 # ------------------------------------------------------------------------ the run

@@ -451,6 +451,16 @@ def test_a_model_built_later_a_layer_and_a_list_of_layers_are_wrapped_as_tfmot_d
     assert [type(layer) for layer in wrapped] == [tsp.PruneStatistically] * 3
     _fit_and_check(keras.Sequential(wrapped), x, y)
 
+    # a layer's own arguments go to its wrapper, as tfmot's prune_low_magnitude passes them
+    first = tsp.prune_statistically(
+        L.Dense(8, activation="relu"), None, "magnitude", input_shape=(6,)
+    )
+    built = keras.Sequential([first, L.Dense(3, activation="softmax")])
+    assert built.built and built.input_shape == (None, 6)
+    _fit_and_check(built, x, y)
+    with pytest.raises(ValueError, match=r"\['input_shape'\] are arguments of a layer"):
+        tsp.prune_statistically(built, None, "magnitude", input_shape=(6,))
+
 
 def test_layers_tfmot_cannot_prune_and_objects_it_refuses_raise_value_errors():
     class MyDense(L.Dense):  # tfmot's registry is by exact type
@@ -463,6 +473,11 @@ def test_layers_tfmot_cannot_prune_and_objects_it_refuses_raise_value_errors():
     with pytest.raises(ValueError, match=r"'convlstm' \(ConvLSTM2D\), 'mine' \(MyDense\)"):
         tsp.prune_statistically(model, None, "magnitude")
     assert tsp.prune_statistically(model, None, "magnitude", layers=["fc"])  # the way out
+    # a Sequential built later is judged by its layers' types, as tfmot judges it
+    for unsupported in (L.ConvLSTM2D(2, (5, 5), name="later_lstm"), MyDense(3, name="later")):
+        later = keras.Sequential([L.Dense(10), L.Dropout(0.4), unsupported])
+        with pytest.raises(ValueError, match=f"'{unsupported.name}'"):
+            tsp.prune_statistically(later, None, "magnitude")
     with pytest.raises(ValueError, match="tf_keras Model"):
         tsp.prune_statistically("model.keras", None, "magnitude")
 

@@ -42,6 +42,11 @@ from tfstatprune.stats.keys import weight_keys
 from tfstatprune.stopping import DEFAULT_ALPHA, SparsityChoice, choose_sparsity
 
 DEFAULT_SUBSTEPS = 4
+#: Keyword arguments of a Keras layer: given with a single layer to prune, they go to
+#: its wrapper, as tfmot's ``prune_low_magnitude(layer, ..., input_shape=...)`` does.
+WRAPPER_LAYER_ARGUMENTS = frozenset(
+    {"input_shape", "batch_input_shape", "input_dim", "dtype", "trainable"}
+)
 DEFAULT_AUTO_LEVELS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99)
 
 __all__ = [
@@ -138,7 +143,10 @@ def prune_statistically(
       sparsity_m_by_n: ``(m, n)``: N:M masks, m zeros in every n consecutive
         inputs of each output unit (tfmot's layout and meaning; it overrides
         the schedule's sparsity, at the schedule's pruning steps).
-      **options: criterion options, e.g. ``hessian="ggn"``.
+      **options: criterion options, e.g. ``hessian="ggn"``; with a single
+        layer (or a list), also the wrapper's layer arguments
+        (``input_shape=``, ``dtype=``, ...: :data:`WRAPPER_LAYER_ARGUMENTS`), as
+        tfmot takes them.
 
     Returns:
       The wrapped copy, uncompiled (or the wrapper(s) of the layer(s)).
@@ -157,6 +165,7 @@ def prune_statistically(
       >>> [type(layer).__name__ for layer in p.layers]
       ['PruneStatistically']
     """
+    layer_arguments = {k: options.pop(k) for k in list(options) if k in WRAPPER_LAYER_ARGUMENTS}
     prune, _ = settings_from_arguments(
         criterion=criterion,
         scope=scope,
@@ -174,7 +183,11 @@ def prune_statistically(
 
     def wrapper(layer: keras.layers.Layer, guarded: bool = False) -> PruneStatistically:
         wrapped = PruneStatistically.from_settings(
-            layer, pruning_schedule, prune.masks, keep_per_unit=prune.column_floor(output=guarded)
+            layer,
+            pruning_schedule,
+            prune.masks,
+            keep_per_unit=prune.column_floor(output=guarded),
+            **layer_arguments,
         )
         remember_stats_data(wrapped, stats_data)
         return wrapped
@@ -186,6 +199,12 @@ def prune_statistically(
         return [wrapper(layer) for layer in model]
     if isinstance(model, keras.layers.Layer) and not isinstance(model, keras.Model):
         return wrapper(model)
+    if layer_arguments:
+        raise ValueError(
+            f"{sorted(layer_arguments)} are arguments of a layer: they apply when "
+            "prune_statistically wraps a single layer (as tfmot's prune_low_magnitude "
+            "passes them to the wrapper), not a model"
+        )
     model = _require_graph_model(model)
     unsupported = [] if layers is not None else unsupported_layers(model)
     if unsupported:

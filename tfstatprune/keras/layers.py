@@ -63,12 +63,14 @@ def unsupported_layers(model: keras.Model) -> list[keras.layers.Layer]:
 
     Neither in tfmot's registry (by exact type, as tfmot checks: a subclass of
     Dense is not) nor a ``PrunableLayer`` nor with ``get_prunable_weights``.
-    Layers without weights (Flatten, Lambda, ...) are not listed.
+    Built layers without weights (Flatten, Lambda, ...) are not listed; a layer
+    not built yet (a Sequential built later) is judged by its type alone, as
+    tfmot judges it.
     """
     return [
         layer
         for layer in iter_layers(model)
-        if layer.weights
+        if (layer.weights or not layer.built)
         and not isinstance(layer, (keras.layers.InputLayer, pruning_wrapper.PruneLowMagnitude))
         and not (
             isinstance(layer, prunable_layer.PrunableLayer)

@@ -34,16 +34,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import tensorflow as tf
 
 from tfstatprune._keras import keras
 from tfstatprune.structure.walk import LayerCall
-
-if TYPE_CHECKING:  # pragma: no cover
-    from tfstatprune.structure.channels import ChannelGraph
 
 __all__ = [
     "ELEMENTWISE_ACTIVATIONS",
@@ -68,6 +65,22 @@ __all__ = [
     "rule_for",
     "unregister_channel_rule",
 ]
+
+
+class GraphView(Protocol):
+    """What a rule's ``forward`` may ask of the graph being built: the interface
+    :class:`tfstatprune.structure.channels.ChannelGraph` implements (rules sit below it)."""
+
+    def fixed(self, tensor: Any) -> np.ndarray | None: ...
+
+    def units(self, call: LayerCall) -> np.ndarray: ...
+
+    def read(self, call: LayerCall, slots: np.ndarray) -> None: ...
+
+    def keep(self, inputs: Sequence[np.ndarray]) -> None: ...
+
+    def merge(self, inputs: Sequence[np.ndarray]) -> np.ndarray: ...
+
 
 # Activations f with f(x)[i] = f(x[i]): channel i of the output depends on channel i only.
 ELEMENTWISE_ACTIVATIONS = frozenset(
@@ -176,7 +189,7 @@ class ChannelRule:
         """Why channels cannot be followed through this call (None when they can)."""
         return None
 
-    def forward(self, call: LayerCall, inputs: list[Slots | None], graph: ChannelGraph):
+    def forward(self, call: LayerCall, inputs: list[Slots | None], graph: GraphView):
         """The output slots (one entry per output tensor, None without a channel axis)."""
         raise NotImplementedError
 
