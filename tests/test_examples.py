@@ -18,7 +18,7 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 
-from tfstatprune import cli, datasets
+from tfstatprune import cli, commands, datasets
 from tfstatprune import demo as demo_module
 from tfstatprune._keras import keras
 
@@ -84,7 +84,7 @@ def _test_accuracy(model: keras.Model) -> float:
 
 def test_writes_every_output(quick_run):
     names = {p.name for p in quick_run.out.iterdir()}
-    expected = set(demo_module.DemoConfig().output_files()) | {cli.OutputDir.MANIFEST}
+    expected = set(demo_module.DemoConfig().output_files()) | {commands.OutputDir.MANIFEST}
     assert names == expected
     assert (quick_run.out / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -169,7 +169,7 @@ def test_markdown_matches_the_printed_numbers(quick_run, numbers):
 
 
 def test_a_second_run_reuses_the_dense_model(quick_run, numbers):
-    out = cli.OutputDir(quick_run.out, tool=demo_module.TOOL)
+    out = commands.OutputDir(quick_run.out, tool=demo_module.TOOL)
     config = demo_module.DemoConfig.from_options(out=quick_run.out, quick=True, seed=0)
     recipe = demo_module.dense_recipe(config, numbers["mnist_source"])
     x = np.zeros((1, 28, 28, 1), np.float32)
