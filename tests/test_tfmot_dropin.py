@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
+from tensorflow_model_optimization.python.core.sparsity.keras import pruning_utils
 from tensorflow_model_optimization.python.core.sparsity.keras.pruning_utils import (
     is_pruned_m_by_n,
 )
@@ -510,27 +511,44 @@ def test_recurrent_statistics_match_a_per_example_loop():
 
 
 def _reference_m_by_n(scores, m, n):
-    """Per output unit, its inputs in C order, cut into groups of n: keep the n - m best."""
+    """Per output unit and kernel position, its input channels cut into groups of n (the
+    last one shorter): keep the n - m best of each."""
     keep = np.zeros(scores.shape, bool)
-    for unit in range(scores.shape[-1]):
-        column = scores[..., unit].ravel()
-        kept = np.zeros(column.size, bool)
-        for start in range(0, column.size, n):
-            group = column[start : start + n]
+    for index in np.ndindex(*scores.shape[:-2], scores.shape[-1]):
+        position, unit = index[:-1], index[-1]
+        row = scores[(*position, slice(None), unit)]
+        kept = np.zeros(row.size, bool)
+        for start in range(0, row.size, n):
+            group = row[start : start + n]
             best = np.argsort(-group, kind="stable")[: n - m]
             kept[start + best] = True
-        keep[..., unit] = kept.reshape(scores.shape[:-1])
+        keep[(*position, slice(None), unit)] = kept
     return keep
 
 
+def _tfmots_m_by_n(scores, m_by_n):
+    """tfmot's own N:M mask of a rank-2 or rank-4 kernel (top-k of the magnitudes)."""
+    weights = tf.constant(np.asarray(scores, np.float32))
+    rows = pruning_utils.weights_rearrange(weights)
+    mask = pruning_utils.generate_m_by_n_mask(rows, m_by_n)
+    return np.asarray(pruning_utils.m_by_n_sparsity_mask_prepare(mask, weights.shape)) > 0
+
+
 @pytest.mark.parametrize("m_by_n", [(2, 4), (1, 3), (3, 4)])
-@pytest.mark.parametrize("shape", [(8, 3), (5, 2), (3, 3, 2, 4), (2, 5, 3)])
+@pytest.mark.parametrize(
+    "shape", [(8, 3), (5, 2), (7, 3), (3, 3, 2, 4), (3, 3, 8, 2), (5, 7, 7, 3), (2, 5, 3)]
+)
 def test_m_by_n_masks_keep_the_best_of_each_group_in_tfmots_layout(shape, m_by_n):
     rng = np.random.default_rng(sum(shape))
     scores = rng.standard_normal(shape)
     got = tsp.masking.m_by_n_masks({"w": scores}, m_by_n)["w"]
     np.testing.assert_array_equal(got, _reference_m_by_n(scores, *m_by_n))
-    if len(shape) in (2, 4):  # the ranks tfmot's check reads
+    if len(shape) in (2, 4):  # the ranks tfmot's layout reads
+        positive = np.abs(scores) + 1.0  # tfmot ranks magnitudes: the same order here
+        np.testing.assert_array_equal(
+            tsp.masking.m_by_n_masks({"w": positive}, m_by_n)["w"],
+            _tfmots_m_by_n(positive, m_by_n),
+        )
         weights = tf.constant(np.where(got, 1.0 + rng.random(shape), 0.0))
         assert is_pruned_m_by_n(weights, m_by_n)
     # pruned stays pruned: a group keeps fewer rather than revive one

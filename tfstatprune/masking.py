@@ -437,12 +437,12 @@ def m_by_n_masks(
     """N:M masks: in every group of ``n`` consecutive entries keep the ``n - m`` best.
 
     The layout is tfmot's (``pruning_utils.weights_rearrange``): a kernel
-    ``[..., C_in, C_out]`` is read as rows ``[C_out, prod(...) * C_in]``, the
-    output unit's weights over its inputs (``C_in`` fastest), cut into groups of
-    ``n`` consecutive entries; a row's last group, when shorter, keeps at most
-    ``n - m``. Within a group the order is that of :func:`compute_masks`:
-    previously pruned entries first (they stay pruned), then lowest score,
-    then lowest ``tiebreak``, then lowest index.
+    ``[..., C_in, C_out]`` is read as rows ``[C_out * prod(...), C_in]``, one
+    row per output unit and kernel position, cut into groups of ``n``
+    consecutive input channels; a row's last group, when shorter (``C_in`` not
+    a multiple of ``n``), keeps at most ``n - m``. Within a group the order is
+    that of :func:`compute_masks`: previously pruned entries first (they stay
+    pruned), then lowest score, then lowest ``tiebreak``, then lowest index.
 
     Args:
       scores: name -> scores of a tensor of rank >= 2 (higher = keep).
@@ -490,7 +490,7 @@ def m_by_n_masks(
         keep = np.zeros(alive.shape, bool)
         np.put_along_axis(keep, order[..., m:], True, axis=-1)
         keep &= alive > 0
-        grid = keep.reshape(keep.shape[0], -1)[:, : arr.size // arr.shape[-1]]
+        grid = keep.reshape(keep.shape[0], -1)[:, : arr.shape[-2]]
         moved = grid.reshape(arr.shape[-1], *arr.shape[:-1])
         masks[name] = np.moveaxis(moved, 0, -1)
     return masks
@@ -499,9 +499,10 @@ def m_by_n_masks(
 def _m_by_n_groups(
     values: np.ndarray, shape: tuple[int, ...], n: int, fill: float = 0.0
 ) -> np.ndarray:
-    """``values`` of a ``[..., C_out]`` tensor as ``[C_out, groups, n]`` (tfmot's layout),
-    each row's short last group padded with ``fill``."""
-    grid = np.moveaxis(np.reshape(values, shape), -1, 0).reshape(shape[-1], -1)
+    """``values`` of a ``[..., C_in, C_out]`` tensor as ``[C_out * prod(...), groups, n]``
+    (tfmot's layout: rows of input channels), each row's short last group padded with
+    ``fill``."""
+    grid = np.moveaxis(np.reshape(values, shape), -1, 0).reshape(-1, shape[-2])
     pad = -grid.shape[1] % n
     grid = np.pad(grid.astype(np.float64), ((0, 0), (0, pad)), constant_values=fill)
     return grid.reshape(grid.shape[0], -1, n)
