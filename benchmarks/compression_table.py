@@ -4,7 +4,7 @@ Usage::
 
     python -m benchmarks.compression_table [--models lenet_300_100,lenet5]
         [--targets 0.9,0.95,0.97,0.98,0.99] [--dense-epochs 20] [--prune-epochs 40]
-        [--out docs/results/compression_table.md]
+        [--out docs/results/compression_table.md] [--log runs/compression_table.jsonl]
 
 Each run trains the dense model for ``--dense-epochs`` and then prunes inside ``fit``
 for ``--prune-epochs`` (the budget of a run is their sum; the table says it), with the
@@ -20,6 +20,9 @@ For every target sparsity the final test error is measured; the table gives, per
 model and error threshold, the smallest fraction of weights left among the targets
 whose error stays at or under the threshold, beside the published figures (Han et
 al. 2015; DNS, Guo et al. 2016; Sparse VD, Molchanov et al. 2017).
+
+With ``--log`` every finished run is appended to a JSON-lines file and a run already
+in it is not repeated, so an interrupted table resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -107,13 +110,35 @@ def pruned_run(
     return tsp.strip_pruning(model)
 
 
+def logged_rows(log: Path | None) -> list[dict]:
+    """The runs an earlier, interrupted invocation finished (none without a log)."""
+    if log is None or not log.exists():
+        return []
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+
+
 def run(args: argparse.Namespace) -> list[dict]:
     data = datasets.mnist(datasets.resolve_source())
     rng = np.random.default_rng(0)
     chosen = np.sort(rng.choice(len(data.x_train), STATS_EXAMPLES, replace=False))
     stats_data = (data.x_train[chosen], data.y_train[chosen])
-    rows = []
+    budget = (args.dense_epochs, args.prune_epochs)
+    rows = [r for r in logged_rows(args.log) if tuple(r.get("budget", ())) == budget]
+    done = {(r["model"], r["pipeline"], r["target"]) for r in rows}
+    if args.log is not None:
+        args.log.parent.mkdir(parents=True, exist_ok=True)
+
+    def record(row: dict) -> None:
+        rows.append(dict(row, budget=list(budget)))
+        print(json.dumps(rows[-1]), flush=True)
+        if args.log is not None:
+            with args.log.open("a") as log:
+                log.write(json.dumps(rows[-1]) + "\n")
+
     for name in args.models:
+        wanted = [(p, t) for p in ("wald", "magnitude") for t in args.targets]
+        if all((name, p, t) in done for p, t in wanted):
+            continue
         dense = train_dense(
             BUILDERS[name],
             data.x_train,
@@ -123,24 +148,27 @@ def run(args: argparse.Namespace) -> list[dict]:
             epochs=args.dense_epochs,
             batch_size=BATCH,
         )
-        rows.append(
-            dict(model=name, pipeline="dense", target=0.0, error=error(dense, data), density=1.0)
-        )
-        for pipeline in ("wald", "magnitude"):
-            for target in args.targets:
-                keras.utils.set_random_seed(1)
-                final = pruned_run(pipeline, dense, target, args.prune_epochs, data, stats_data)
-                rows.append(
-                    dict(
-                        model=name,
-                        pipeline=pipeline,
-                        target=target,
-                        error=error(final, data),
-                        density=kernel_density(final),
-                    )
+        if (name, "dense", 0.0) not in done:
+            record(
+                dict(
+                    model=name, pipeline="dense", target=0.0, error=error(dense, data), density=1.0
                 )
-                print(json.dumps(rows[-1]), flush=True)
-    return rows
+            )
+        for pipeline, target in wanted:
+            if (name, pipeline, target) in done:
+                continue
+            keras.utils.set_random_seed(1)
+            final = pruned_run(pipeline, dense, target, args.prune_epochs, data, stats_data)
+            record(
+                dict(
+                    model=name,
+                    pipeline=pipeline,
+                    target=target,
+                    error=error(final, data),
+                    density=kernel_density(final),
+                )
+            )
+    return [r for r in rows if r["model"] in args.models]
 
 
 def best_left(rows: list[dict], name: str, pipeline: str, threshold: float) -> str:
@@ -199,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dense-epochs", type=int, default=20)
     parser.add_argument("--prune-epochs", type=int, default=40)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--log", type=Path, default=None, help="JSON lines; resumes from it")
     args = parser.parse_args(argv)
     args.models = args.models.split(",")
     args.targets = [float(t) for t in args.targets.split(",")]
