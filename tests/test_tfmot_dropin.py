@@ -612,6 +612,45 @@ def test_fit_with_m_by_n_keeps_tfmots_pattern():
         )
 
 
+@pytest.mark.parametrize("shape", [(8, 3), (7, 5), (3, 3, 6, 4), (2, 2, 9, 3)])
+def test_m_by_n_pattern_agrees_with_tfmots_check(shape):
+    rng = np.random.default_rng(sum(shape))
+    for m_by_n in [(2, 4), (1, 4), (3, 4), (4, 8), (6, 8)]:
+        if m_by_n[1] > shape[-2]:  # one padded group per row: not read as a pattern
+            continue
+        kernel = np.where(
+            tsp.masking.m_by_n_masks({"w": rng.standard_normal(shape)}, m_by_n)["w"],
+            1.0 + rng.random(shape),
+            0.0,
+        )
+        found = tsp.masking.m_by_n_pattern(kernel)
+        assert found is not None and is_pruned_m_by_n(tf.constant(kernel), found)
+        assert found[0] / found[1] >= m_by_n[0] / m_by_n[1]
+        # no denser pattern of either group size holds (tfmot's check is the judge)
+        for n in (n for n in (4, 8) if n <= shape[-2]):
+            denser = int(np.floor(found[0] / found[1] * n)) + 1
+            if denser < n:
+                assert not is_pruned_m_by_n(tf.constant(kernel), (denser, n))
+    dense = 1.0 + rng.random(shape)
+    assert tsp.masking.m_by_n_pattern(dense) is None
+    dense.flat[0] = 0.0  # one zero is no pattern
+    assert tsp.masking.m_by_n_pattern(dense) is None
+
+
+def test_export_report_names_the_m_by_n_kernels_and_says_the_runtime_ignores_them(tmp_path):
+    from tflite_export import export
+    from tflite_export.convert import M_BY_N_NOTE
+
+    model, x, y = _conv_model()
+    pruned = tsp.prune_once(model, (x, y), 0.5, "magnitude", sparsity_m_by_n=(2, 4), verbose=0)
+    report = export(pruned, tmp_path / "nm.tflite", representative_data=x, verbose=False)
+    assert report.m_by_n == (("conv", (2, 4)), ("fc", (2, 4)), ("out", (2, 4)))
+    assert "N:M pattern in conv 2:4, fc 2:4, out 2:4" in str(report)
+    assert M_BY_N_NOTE in str(report)
+    plain = export(model, tmp_path / "dense.tflite", representative_data=x, verbose=False)
+    assert plain.m_by_n == () and "N:M" not in str(plain)
+
+
 # ---------------------------------------------------------------- MirroredStrategy
 
 _MIRRORED = """

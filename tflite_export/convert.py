@@ -27,6 +27,7 @@ from tflite_export.micro import (
 from tflite_export.runtime import RUNTIME_XNNPACK, load, predict
 from tflite_export.xnnpack import XnnpackCheck
 from tflite_export.xnnpack import check as check_xnnpack
+from tfstatprune.masking import m_by_n_pattern
 from tfstatprune.tables import Table, format_text, kib
 
 __all__ = [
@@ -55,6 +56,11 @@ RANDOM_EXAMPLES = 32
 _RANDOM_SEED = 0
 _FLOAT = "float32"
 _GZIP_LEVEL = 9
+#: What LiteRT does with N:M-sparse kernels (the report's line for them).
+M_BY_N_NOTE = (
+    "the .tflite format has no N:M encoding and LiteRT no N:M kernel, so these run with "
+    "the storage above (no N:M speed-up; the pattern serves accelerators that read it)"
+)
 
 
 class Tolerance(NamedTuple):
@@ -177,6 +183,9 @@ class ExportReport:
       micro: TFLM's run of the model (arena, outputs vs Keras), when checked.
       micro_note: why TFLM was not run (``tflite-micro`` not installed).
       xnnpack: which subgraph XNNPACK runs sparse (:mod:`tflite_export.xnnpack`).
+      m_by_n: ``(layer name, (m, n))`` for every kernel of the Keras model with an
+        N:M pattern (:func:`tfstatprune.masking.m_by_n_pattern`); the report says
+        the runtime does not use it (:data:`M_BY_N_NOTE`).
     """
 
     path: Path
@@ -194,6 +203,7 @@ class ExportReport:
     micro: MicroCheck | None = None
     micro_note: str | None = None
     xnnpack: XnnpackCheck | None = None
+    m_by_n: tuple[tuple[str, tuple[int, int]], ...] = ()
 
     def count(self, storage: Storage) -> int:
         """Number of weight tensors with this storage."""
@@ -244,6 +254,9 @@ class ExportReport:
             )
         if self.xnnpack is not None:
             parts.append(f"  {self.xnnpack}")
+        if self.m_by_n:
+            layers = ", ".join(f"{name} {m}:{n}" for name, (m, n) in self.m_by_n)
+            parts.append(f"  N:M pattern in {layers}: {M_BY_N_NOTE}")
         return "\n".join(parts)
 
 
@@ -393,6 +406,7 @@ def export(
             micro=micro,
             micro_note=micro_note,
             xnnpack=check_xnnpack(content),
+            m_by_n=m_by_n_kernels(model),
         )
         if passed:
             texts = _c_texts(content, sources, micro)
@@ -655,6 +669,19 @@ def strip_if_pruned(model: Any) -> tuple[Any, bool]:
     model = require_tf_keras_model(model)
     wrapped = any(isinstance(m, pruning_wrapper.PruneLowMagnitude) for m in model.submodules)
     return (strip_pruning(model, keras_version=2), True) if wrapped else (model, False)
+
+
+def m_by_n_kernels(model: Any) -> tuple[tuple[str, tuple[int, int]], ...]:
+    """``(layer name, (m, n))`` for each layer whose kernel has an N:M pattern."""
+    from tfstatprune.structure.walk import leaf_layers
+
+    found = []
+    for layer in leaf_layers(model):
+        kernel = getattr(layer, "kernel", None)
+        pattern = None if kernel is None else m_by_n_pattern(np.asarray(kernel))
+        if pattern is not None:
+            found.append((layer.name, pattern))
+    return tuple(found)
 
 
 def needs_static_batch(model: Any) -> bool:

@@ -45,6 +45,7 @@ __all__ = [
     "column_floor",
     "compute_masks",
     "m_by_n_masks",
+    "m_by_n_pattern",
     "mask_sparsity",
     "round_half_up",
     "target_pruned_count",
@@ -494,6 +495,43 @@ def m_by_n_masks(
         moved = grid.reshape(arr.shape[-1], *arr.shape[:-1])
         masks[name] = np.moveaxis(moved, 0, -1)
     return masks
+
+
+#: The group sizes :func:`m_by_n_pattern` looks for (tfmot's and the hardware's N:M).
+PATTERN_GROUPS: tuple[int, ...] = (4, 8)
+
+
+def m_by_n_pattern(
+    kernel: np.ndarray, groups: tuple[int, ...] = PATTERN_GROUPS
+) -> tuple[int, int] | None:
+    """The N:M pattern of a kernel, ``(m, n)``: at least m zeros in every group of n.
+
+    Groups are those of :func:`m_by_n_masks` (tfmot's layout: n consecutive input
+    channels of one output unit and kernel position; a row's short last group counts
+    its padding as zeros, as tfmot's ``is_pruned_m_by_n`` does, but m is read from
+    the full groups, so padding alone is no pattern). Of the group sizes in
+    ``groups`` the one with the largest share ``m / n`` wins (the smaller n on a
+    tie); None when no group size has ``m >= 1`` in every group, or the kernel has
+    rank < 2.
+
+    >>> m_by_n_pattern(np.array([[0.0, 1.0], [2.0, 0.0], [0.0, 3.0], [4.0, 0.0]]))
+    (2, 4)
+    >>> m_by_n_pattern(np.ones((4, 2))) is None
+    True
+    """
+    arr = np.asarray(kernel)
+    if arr.ndim < 2 or arr.size == 0:
+        return None
+    best = None
+    for n in groups:
+        full = arr.shape[-2] // n  # groups without padding: they say what m is
+        if full == 0:
+            continue
+        zeros = (_m_by_n_groups(arr != 0, arr.shape, n) == 0).sum(axis=-1)
+        m = min(int(zeros[:, :full].min()), int(zeros.min()))
+        if 0 < m < n and (best is None or m / n > best[0] / best[1]):
+            best = (m, n)
+    return best
 
 
 def _m_by_n_groups(
