@@ -594,6 +594,8 @@ def test_prune_once_with_m_by_n_gives_tfmots_pattern_for_every_criterion():
             _assert_two_of_four(pruned.get_layer(name).kernel.numpy())
     with pytest.raises(ValueError, match="sparsity=0.5"):
         tsp.prune_once(model, (x, y), 0.8, "wald_diag", sparsity_m_by_n=(2, 4), verbose=0)
+    with pytest.raises(TypeError, match="pass it to prune_once"):
+        tsp.scores(model, (x, y), "magnitude", sparsity_m_by_n=(2, 4), verbose=0)
 
 
 def test_fit_with_m_by_n_keeps_tfmots_pattern():

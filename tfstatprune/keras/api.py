@@ -281,8 +281,16 @@ def scores(
     its group's score. Keys are the layer path and the weight's role
     (``"fc1/kernel:0"``, :func:`tfstatprune.stats.keys.weight_keys`): a freshly
     built model's ``variable.name``, and the same after saving and loading.
-    Arguments as in :func:`prune_once` (``skip_nonfinite`` included).
+    Arguments as in :func:`prune_once` (``skip_nonfinite`` included). An N:M
+    pattern (``sparsity_m_by_n``) is a rule for masks, not for scores: pass it
+    to :func:`prune_once` or :func:`prune_statistically`.
     """
+    if "sparsity_m_by_n" in options:
+        raise TypeError(
+            "scores() takes no sparsity_m_by_n: the scores of every weight are the same "
+            "whatever the N:M pattern; it decides only which weights a mask keeps, so pass "
+            "it to prune_once(...) or prune_statistically(...)"
+        )
     prune, stats = settings_from_arguments(
         criterion=criterion,
         granularity=granularity,
