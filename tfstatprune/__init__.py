@@ -32,6 +32,7 @@ from tfstatprune._translate import (
     to_tf_keras,
 )
 from tfstatprune.criteria import (
+    StatsRequest,
     available_criteria,
     get_criterion,
     register_criterion,
@@ -71,6 +72,7 @@ __all__ = [
     "PruneStatistically",
     "SensitivityRegularization",
     "StatisticalPruning",
+    "StatsRequest",
     "WeightHistory",
     "available_criteria",
     "callbacks",

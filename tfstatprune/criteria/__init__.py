@@ -20,6 +20,7 @@ from tfstatprune.criteria.history import n2ps, weight_updates
 from tfstatprune.criteria.oneshot import obc, sparsegpt, wanda
 from tfstatprune.criteria.registry import (
     Criterion,
+    StatsRequest,
     available_criteria,
     get_criterion,
     register_criterion,
@@ -31,6 +32,7 @@ from tfstatprune.criteria.wald import curvature_diagonal, wald, wald_diag, wald_
 
 __all__ = [
     "Criterion",
+    "StatsRequest",
     "apoz",
     "available_criteria",
     "bn_scale",
