@@ -99,8 +99,6 @@ def test_a_declared_seed_option_gets_a_seed_per_unit_and_step(tiny_mlp_data):
     seen.clear()
     score_units(model, units, None, "_test_declared_seed", {"rng": 1})
     assert seen == [1] * len(units)  # the user's own value wins
-    import tfstatprune as tsp
-
     assert tsp.StatsRequest is StatsRequest  # what the README tells users to declare with
 
 
