@@ -706,7 +706,7 @@ def test_mirrored_strategy_fit_then_h5_reload(tmp_path):
         [sys.executable, "-c", _MIRRORED, str(tmp_path)],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,  # a guard against hangs, not a time limit
         env=env,
         cwd=root,
         check=False,
