@@ -275,4 +275,12 @@ def history_statistics(criterion: str, history: Any, names: Sequence[str]) -> Co
             "tfstatprune.WeightHistory(), and pass the history as stats_data"
         )
     records = history.statistics(list(names))
-    return CollectedStatistics(records, history.steps, 0, 0, [], 0.0)
+    return CollectedStatistics(
+        weights=records,
+        count=history.steps,
+        chunk_size=0,
+        peak_bytes=0,
+        generic=[],
+        seconds=0.0,
+        layers={},
+    )
