@@ -508,8 +508,8 @@ def m_by_n_pattern(
 
     Groups are those of :func:`m_by_n_masks` (tfmot's layout: n consecutive input
     channels of one output unit and kernel position; a row's short last group counts
-    its padding as zeros, as tfmot's ``is_pruned_m_by_n`` does, but m is read from
-    the full groups, so padding alone is no pattern). Of the group sizes in
+    its padding as zeros, as tfmot's ``is_pruned_m_by_n`` does; a group size larger
+    than the input channels is not tried, so padding alone is no pattern). Of the group sizes in
     ``groups`` the one with the largest share ``m / n`` wins (the smaller n on a
     tie); None when no group size has ``m >= 1`` in every group, or the kernel has
     rank < 2.
@@ -524,11 +524,10 @@ def m_by_n_pattern(
         return None
     best = None
     for n in groups:
-        full = arr.shape[-2] // n  # groups without padding: they say what m is
-        if full == 0:
+        if arr.shape[-2] < n:  # every group padded: padding alone is no pattern
             continue
         zeros = (_m_by_n_groups(arr != 0, arr.shape, n) == 0).sum(axis=-1)
-        m = min(int(zeros[:, :full].min()), int(zeros.min()))
+        m = int(zeros.min())  # no more than a full group's real zeros
         if 0 < m < n and (best is None or m / n > best[0] / best[1]):
             best = (m, n)
     return best
