@@ -34,7 +34,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -44,6 +45,7 @@ __all__ = [
     "check_sparsity",
     "column_floor",
     "compute_masks",
+    "coupled_masks",
     "m_by_n_masks",
     "m_by_n_pattern",
     "mask_sparsity",
@@ -563,3 +565,179 @@ def mask_sparsity(masks: Mapping[str, np.ndarray]) -> dict[str, float]:
         arr = np.asarray(mask)
         result[name] = float(np.count_nonzero(arr == 0) / arr.size) if arr.size else 0.0
     return result
+
+
+#: How a coupled group's score follows from its members' scores (see :func:`coupled_masks`).
+COMBINE = ("sum", "l2", "mean")
+
+Entry = tuple[str, int]
+
+
+def coupled_masks(
+    scores: Mapping[str, np.ndarray],
+    sparsity: float | Mapping[str, float],
+    coupled: Sequence[Sequence[Entry]],
+    *,
+    combine: str = "sum",
+    previous: Mapping[str, np.ndarray] | None = None,
+    tiebreak: Mapping[str, np.ndarray] | None = None,
+    **options: Any,
+) -> dict[str, np.ndarray]:
+    """:func:`compute_masks` with coupled entries kept or pruned together.
+
+    ``coupled`` lists groups of entries ``(name, index)`` of 1-D ``scores``
+    (one score per unit or filter) that can only go together: the channels an
+    element-wise ``Add`` or ``Multiply`` merges. Each group is ranked as one
+    entry whose score is its members' scores combined (``combine``: ``"sum"``,
+    the group Wald statistic ``W_G = sum_g W_g`` of blocks with independent
+    estimates; ``"l2"``, ``sqrt(sum_g s_g^2)``, a group L2 norm;
+    ``"mean"``); its tiebreak is the members' L2 norm, and it counts as
+    previously pruned when any member was (no pruned entry comes back). The
+    weights a group links are ranked together as one weight (their sparsity
+    mapping entries averaged, weighted by size): in layer scope that weight
+    reaches the sparsity, counted in entries, a coupled group counting once. ``options`` go to
+    :func:`compute_masks`. Every weight keeps at least one entry: a weight whose
+    entries are all pruned through its groups gets its best group back.
+
+    Raises:
+      ValueError: as :func:`compute_masks`; an entry of ``coupled`` that is not
+        an entry of a 1-D score array, or in two groups; an unknown ``combine``.
+
+    Torch-Pruning's dependency graph (Fang et al. 2023, "DepGraph: Towards any
+    structural pruning") scores coupled channels as one group in the same way.
+
+    >>> s = {"a": np.array([1.0, 5.0, 2.0]), "b": np.array([4.0, 0.5, 3.0])}
+    >>> masks = coupled_masks(s, 1 / 3, [[("a", 0), ("b", 0)], [("a", 1), ("b", 1)],
+    ...                                  [("a", 2), ("b", 2)]])
+    >>> masks["a"].tolist(), masks["b"].tolist()  # sums 5, 5.5, 5: of the tie the first goes
+    ([False, True, True], [False, True, True])
+    """
+    if combine not in COMBINE:
+        raise ValueError(f"combine must be one of {COMBINE}, got {combine!r}")
+    joint = _Joint(scores, coupled)
+    if not joint.clusters:
+        return compute_masks(scores, sparsity, previous=previous, tiebreak=tiebreak, **options)
+    joint_scores = joint.join(scores, combine)
+    joint_previous = None if previous is None else joint.join(previous, "min")
+    keep = compute_masks(
+        joint_scores,
+        joint.levels(sparsity),
+        previous=joint_previous,
+        tiebreak=None if tiebreak is None else joint.join(tiebreak, "l2"),
+        **options,
+    )
+    return joint.split(keep, joint_scores, joint_previous)
+
+
+class _Joint:
+    """The masking problem with the weights that coupled groups link merged into one.
+
+    A cluster (weights linked by groups) becomes one 1-D weight whose entries are
+    its groups, then its members' other entries, member by member.
+    """
+
+    def __init__(self, scores: Mapping[str, np.ndarray], coupled: Sequence[Sequence[Entry]]):
+        self.names = list(scores)
+        self.sizes = {n: int(np.size(scores[n])) for n in self.names}
+        owner = {n: n for n in self.names}
+
+        def find(name: str) -> str:
+            while owner[name] != name:
+                name = owner[name]
+            return name
+
+        seen: set[Entry] = set()
+        groups = []
+        for group in coupled:
+            members = [(str(n), int(i)) for n, i in group]
+            for entry in members:
+                name, index = entry
+                if (
+                    name not in scores
+                    or np.ndim(scores[name]) != 1
+                    or not (0 <= index < self.sizes[name])
+                ):
+                    raise ValueError(f"coupled entry {entry} is no entry of a 1-D score array")
+                if entry in seen:
+                    raise ValueError(f"coupled entry {entry} is in two groups")
+                seen.add(entry)
+            if len(members) > 1:
+                groups.append(members)
+                for name, _ in members[1:]:
+                    owner[find(name)] = find(members[0][0])
+        linked = {find(n) for g in groups for n, _ in g}
+        by_root: dict[str, list[str]] = {}
+        for name in self.names:
+            if find(name) in linked:
+                by_root.setdefault(find(name), []).append(name)
+        #: joint name -> the weights it merges
+        self.clusters = {" + ".join(m): m for m in by_root.values()}
+        self.cluster_of = {n: key for key, members in self.clusters.items() for n in members}
+        #: joint name -> its entries, each a list of (name, index)
+        self.entries: dict[str, list[list[Entry]]] = {key: [] for key in self.clusters}
+        for group in groups:
+            self.entries[self.cluster_of[group[0][0]]].append(group)
+        for key, members in self.clusters.items():
+            for name in members:
+                self.entries[key].extend(
+                    [(name, i)] for i in range(self.sizes[name]) if (name, i) not in seen
+                )
+
+    def join(self, values: Mapping[str, Any], how: str) -> dict[str, Any]:
+        """``values`` by joint name: each cluster entry's members combined by ``how``."""
+        reduce = {"sum": np.sum, "mean": np.mean, "min": np.min, "l2": np.linalg.norm}[how]
+        found: dict[str, Any] = {}
+        for name in self.names:
+            key = self.cluster_of.get(name)
+            if key is None:
+                found[name] = values[name]
+            elif key not in found:
+                flat = {n: np.asarray(values[n], np.float64) for n in self.clusters[key]}
+                found[key] = np.array(
+                    [
+                        reduce([flat[n][i] for n, i in entry]) if len(entry) > 1 else flat[n][i]
+                        for entry in self.entries[key]
+                        for n, i in entry[:1]
+                    ]
+                )
+        return found
+
+    def levels(self, sparsity: float | Mapping[str, float]) -> float | dict[str, float]:
+        """A sparsity mapping by joint name: a cluster's levels averaged by size."""
+        if not isinstance(sparsity, Mapping):
+            return sparsity
+        found: dict[str, float] = {}
+        for name in self.names:
+            key = self.cluster_of.get(name, name)
+            members = self.clusters.get(key, [name])
+            found[key] = float(
+                np.average([sparsity[n] for n in members], weights=[self.sizes[n] for n in members])
+            )
+        return found
+
+    def split(
+        self,
+        keep: Mapping[str, np.ndarray],
+        scores: Mapping[str, np.ndarray],
+        previous: Mapping[str, np.ndarray] | None,
+    ) -> dict[str, np.ndarray]:
+        """Joint masks back by name; a member left without an entry gets back its
+        best group that was not pruned before."""
+        found = {n: np.asarray(keep[n]) for n in self.names if n not in self.cluster_of}
+        for key, members in self.clusters.items():
+            joint = np.asarray(keep[key], bool).copy()
+            allowed = (
+                np.ones(joint.size, bool)
+                if previous is None
+                else np.asarray(previous[key], np.float64) > 0
+            )
+            for name in members:
+                mine = np.array([any(n == name for n, _ in e) for e in self.entries[key]])
+                if not joint[mine].any() and (mine & allowed).any():
+                    best = np.where(mine & allowed, scores[key], -np.inf)
+                    joint[int(np.argmax(best))] = True
+                found[name] = np.zeros(self.sizes[name], bool)
+            for kept, entry in zip(joint, self.entries[key], strict=True):
+                for name, index in entry:
+                    found[name][index] = kept
+        return {name: found[name] for name in self.names}

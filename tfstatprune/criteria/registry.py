@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from tfstatprune.granularity import Grouping, reduce_groups
+from tfstatprune.masking import COMBINE
 from tfstatprune.stats.moments import WeightStatistics
 
 __all__ = [
@@ -127,6 +128,12 @@ class Criterion(NamedTuple):
       fallback: the registered criterion a layer without the statistics this
         one needs (no Kronecker factors: Embedding, custom layers) is scored by
         instead (``"wald"`` for ``"wald_block"``); None: such a layer is an error.
+      combine: how the score of channels that an element-wise merge couples
+        (units of several layers that go together) follows from the units'
+        scores: ``"sum"``, ``"l2"`` or ``"mean"``
+        (:func:`tfstatprune.masking.coupled_masks`); None: ``"l2"`` for an
+        ``"l2"`` group, ``"sum"`` otherwise (the Wald statistic of a group of
+        independent blocks is the sum of theirs).
     """
 
     name: str
@@ -136,6 +143,14 @@ class Criterion(NamedTuple):
     update: UpdateFn | None = None
     groups_only: bool = False
     fallback: str | None = None
+    combine: str | None = None
+
+    @property
+    def coupled(self) -> str:
+        """How coupled units' scores combine (see ``combine``)."""
+        if self.combine is not None:
+            return self.combine
+        return "l2" if self.group == "l2" else "sum"
 
     def needs(self, options: Mapping[str, Any]) -> StatsRequest:
         """Everything the criterion needs for ``options``: a :class:`StatsRequest`."""
@@ -196,6 +211,7 @@ def register_criterion(
     update: UpdateFn | None = None,
     groups_only: bool = False,
     fallback: str | None = None,
+    combine: str | None = None,
     overwrite: bool = False,
 ) -> Callable[[CriterionFn], CriterionFn]:
     """Decorator registering ``fn`` under ``name``.
@@ -212,6 +228,7 @@ def register_criterion(
         function) scores units/filters (see :class:`Criterion`).
       fallback: the criterion for layers without this one's statistics
         (see :class:`Criterion`).
+      combine: how coupled units' scores combine (see :class:`Criterion`).
       overwrite: replace an existing entry instead of raising.
     """
     if statistics is None:
@@ -224,10 +241,13 @@ def register_criterion(
     else:
         needs = statistics
 
+    if combine is not None and combine not in COMBINE:
+        raise ValueError(f"combine must be None or one of {COMBINE}, got {combine!r}")
+
     def decorate(fn: CriterionFn) -> CriterionFn:
         if name in _CRITERIA and not overwrite:
             raise ValueError(f"criterion {name!r} is already registered; pass overwrite=True")
-        _CRITERIA[name] = Criterion(name, fn, needs, group, update, groups_only, fallback)
+        _CRITERIA[name] = Criterion(name, fn, needs, group, update, groups_only, fallback, combine)
         return fn
 
     return decorate

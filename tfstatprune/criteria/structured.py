@@ -63,7 +63,11 @@ def _apoz_groups(
 
 
 @register_criterion(
-    "apoz", statistics=StatsRequest(activations=True), group=_apoz_groups, groups_only=True
+    "apoz",
+    statistics=StatsRequest(activations=True),
+    group=_apoz_groups,
+    groups_only=True,
+    combine="mean",
 )
 def apoz(theta: np.ndarray, stats: WeightStatistics) -> np.ndarray:
     """APoZ: a unit scores ``1 - APoZ_c``, one minus the fraction of its activations

@@ -23,6 +23,7 @@ from tfstatprune.keras.config import (
 from tfstatprune.keras.consistency import (
     UNIT_GRANULARITIES,
     choose_layers,
+    coupled_units,
     follow_dead_units,
     zero_rows,
 )
@@ -466,9 +467,10 @@ def _prune_copy(
     )
     by_name = {k: w for w, k in weight_keys(pruned).items()}
     dense = {k: w.numpy() for k, w in by_name.items()}
-    consistent = None
+    consistent, coupled = None, []
     if masking.granularity in UNIT_GRANULARITIES:
-        consistent = _dead_unit_rows(trace_units(pruned), [u.layer.name for u in units])
+        graph, names = trace_units(pruned), [u.layer.name for u in units]
+        consistent, coupled = _dead_unit_rows(graph, names), coupled_units(graph, names)
     masks = None
     for step, level in enumerate(levels):
         masks = prune_step(
@@ -485,6 +487,7 @@ def _prune_copy(
             keep_per_column=protect,
             consistent=consistent,
             reference=dense,
+            coupled=coupled,
         ).masks
     return pruned
 

@@ -18,7 +18,13 @@ from tensorflow_model_optimization.python.core.sparsity.keras import (
 from tfstatprune._keras import keras
 from tfstatprune.keras.adjust import adjust_after_pruning, connections
 from tfstatprune.keras.config import StatsConfig
-from tfstatprune.keras.consistency import consistent_masks, update_wrapper_masks
+from tfstatprune.keras.consistency import (
+    UNIT_GRANULARITIES,
+    consistent_masks,
+    coupled_units,
+    update_wrapper_masks,
+)
+from tfstatprune.keras.graph import trace_units
 from tfstatprune.keras.scoring import describe_estimators, mask_units, resolve_criterion
 from tfstatprune.keras.step import PruneStepResult, column_floors, prune_step
 from tfstatprune.keras.wrapper import PruneStatistically, stats_data_of
@@ -254,6 +260,9 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
             level = {id(w.layer): s for w, s in members}
             sparsity = {u.key: level[id(u.layer)] for u in units}
         floor = {id(w.layer): w.keep_per_unit for w in wrappers}
+        coupled = []
+        if settings.granularity in UNIT_GRANULARITIES:
+            coupled = coupled_units(trace_units(self.model), [w.layer.name for w in wrappers])
 
         def write_masks(masks: dict[str, np.ndarray]) -> None:
             for wrapper in wrappers:
@@ -272,6 +281,7 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
             previous={k: v for w in wrappers for k, v in w.current_masks().items()},
             keep_per_column=column_floors(units, lambda layer: floor[id(layer)]),
             consistent=lambda masks: consistent_masks(self.model, self._wrappers, masks),
+            coupled=coupled,
         )
 
     def _adjust(

@@ -34,7 +34,7 @@ so with ``"unit"``/``"filter"`` granularity the model's output layers
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -50,6 +50,7 @@ __all__ = [
     "UNIT_GRANULARITIES",
     "Propagation",
     "choose_layers",
+    "coupled_units",
     "dead_units_of",
     "follow_dead_units",
     "update_wrapper_masks",
@@ -86,6 +87,24 @@ def choose_layers(
             "of the model, a class); no other prunable layer is left"
         )
     return kept
+
+
+def coupled_units(graph: UnitGraph, names: Collection[str]) -> list[list[tuple[str, int]]]:
+    """The units of layers ``names`` coupled by element-wise merges (``Add``, the
+    ``Multiply`` of a squeeze-excite block): ``[(layer name, unit index), ...]``
+    per group (:meth:`tfstatprune.structure.ChannelGraph.coupled_units`).
+
+    Such units can only be removed together (:func:`tfstatprune.shrink`
+    removes a coupled channel when all of them are pruned), so they are
+    scored and pruned as one group. Members outside ``names`` (layers not
+    pruned) are left out; a group left with one member is no group.
+    """
+    found = []
+    for members in graph.channels.coupled_units():
+        inside = [member for member in members if member[0] in names]
+        if len(inside) > 1:
+            found.append(inside)
+    return found
 
 
 def zero_rows(values: np.ndarray, rows: np.ndarray) -> np.ndarray:

@@ -34,7 +34,7 @@ from tfstatprune.keras.config import DEFAULT_STATS, StatsConfig
 from tfstatprune.keras.graph import following_gamma
 from tfstatprune.keras.history import history_statistics
 from tfstatprune.keras.layers import prunable_weights
-from tfstatprune.masking import compute_masks, m_by_n_masks
+from tfstatprune.masking import coupled_masks, m_by_n_masks
 from tfstatprune.stats import CollectedStatistics, collect_statistics
 from tfstatprune.stats.keys import weight_keys
 from tfstatprune.stats.losses import resolve_loss
@@ -331,8 +331,14 @@ def decide_masks(
     previous: Mapping[str, np.ndarray] | None = None,
     keep_per_column: Mapping[str, int] | None = None,
     m_by_n: tuple[int, int] | None = None,
+    coupled: Sequence[Sequence[tuple[str, int]]] = (),
+    combine: str = "sum",
 ) -> dict[str, np.ndarray]:
     """Masks (by weight key, 1 keep / 0 pruned, float32) from the units' scores.
+
+    ``coupled`` lists groups ``(unit key, group index)`` of grouped units that
+    are kept or pruned together, ranked as one by their scores combined by
+    ``combine`` (:func:`tfstatprune.masking.coupled_masks`).
 
     With ``m_by_n`` the masks are N:M (:func:`tfstatprune.masking.m_by_n_masks`,
     elementwise units only): ``sparsity``, ``scope`` and ``keep_per_column`` do
@@ -359,9 +365,11 @@ def decide_masks(
             if previous is not None:
                 kept = reduce_groups([previous[k] for k in unit.names], unit.groupings, "sum")
                 prev[unit.key] = (kept > 0).astype(np.float32)
-    keep = compute_masks(
+    keep = coupled_masks(
         scores,
         sparsity,
+        coupled,
+        combine=combine,
         scope=scope,
         previous=prev or None,
         tiebreak=tiebreak,

@@ -92,6 +92,7 @@ def prune_step(
     keep_per_column: Mapping[str, int] | None = None,
     consistent: Callable[[Masks], Masks] | None = None,
     reference: Mapping[str, np.ndarray] | None = None,
+    coupled: Sequence[Sequence[tuple[str, int]]] = (),
 ) -> PruneStepResult:
     """Score ``units``, decide their masks at ``sparsity``, update and assign.
 
@@ -113,6 +114,9 @@ def prune_step(
       consistent: masks -> masks with the input rows of pruned units also
         pruned (structured granularities), applied before the update.
       reference: unrestricted values the update starts from (default: current).
+      coupled: groups ``(unit key, unit index)`` of units kept or pruned
+        together (:func:`tfstatprune.keras.consistency.coupled_units`), scored
+        as one by the criterion's ``coupled`` rule.
 
     Returns:
       A :class:`PruneStepResult`.
@@ -120,6 +124,7 @@ def prune_step(
     scoring = score_units(
         model, units, stats_data, settings.criterion, settings.options, stats, step=step
     )
+    criterion = resolve_criterion(settings.criterion, settings.options)
     masks = decide_masks(
         units,
         scoring.scores,
@@ -128,12 +133,14 @@ def prune_step(
         previous=previous,
         keep_per_column=keep_per_column,
         m_by_n=settings.sparsity_m_by_n,
+        coupled=coupled,
+        combine=criterion.coupled,
     )
     if consistent is not None:
         masks = consistent(masks)
     updates = restricted_updates(
         units,
-        resolve_criterion(settings.criterion, settings.options),
+        criterion,
         scoring.statistics,
         masks,
         settings.options,

@@ -153,6 +153,16 @@ class ChannelGraph:
         """The coupled group (a representative slot) of every slot."""
         return np.array([self._find(slot) for slot in range(self.size)], dtype=np.int64)
 
+    def coupled_units(self) -> list[list[tuple[str, int]]]:
+        """The units that element-wise merges couple: one list of ``(layer name,
+        unit index)`` per coupled group of two or more units, in slot order."""
+        root = self.roots()
+        found: dict[int, list[tuple[str, int]]] = {}
+        for name, slots in self.units_of.items():
+            for index, slot in enumerate(slots.tolist()):
+                found.setdefault(int(root[slot]), []).append((name, index))
+        return [members for members in found.values() if len(members) > 1]
+
     def is_fixed(self) -> np.ndarray:
         """Per slot: a fixed slot (model input, output of a wall)."""
         return np.asarray(self._kind, dtype=np.int64) == _FIXED
