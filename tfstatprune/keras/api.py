@@ -185,8 +185,9 @@ def prune_statistically(
     _refuse_one_shot_arguments(
         "prune_statistically",
         options,
-        "while the model trains, tfstatprune.callbacks(..., reset_batchnorm=True) resets the "
-        "BatchNormalization statistics after each pruning step to be re-learned, and "
+        "while the model trains the schedule sets the pruning steps, "
+        "tfstatprune.callbacks(..., reset_batchnorm=True) resets the BatchNormalization "
+        "statistics after each of them to be re-learned, and "
         "tfstatprune.recalibrate_batchnorm(model, data) re-estimates them on data",
     )
     layer_arguments = {k: options.pop(k) for k in list(options) if k in WRAPPER_LAYER_ARGUMENTS}
