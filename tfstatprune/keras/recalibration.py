@@ -36,7 +36,10 @@ layers to change are taken in *waves*: wave ``k`` holds the layers with ``k``
 layers to change upstream of them on their longest path; one forward pass over
 the data (a sub-model from the model's inputs to the inputs of the wave's
 layers) serves a whole wave. A chain of ``L`` BatchNormalization layers takes
-``L`` passes, each only as deep as its wave. A layer called more than once (a
+``L`` passes, each only as deep as its wave: about ``L / 2`` forward passes of
+the model in all, plus a trace per wave (measured: MobileNetV2 0.35 at 96 x 96,
+52 layers in 52 waves, 256 examples, 25-40 s on 2 shared CPU cores, where its
+magnitude pruning by filter takes about 1 s). A layer called more than once (a
 shared BatchNormalization) is refused: its statistics would feed its own input.
 Only the layers called in the model's own graph are seen (not those inside a
 nested model).
