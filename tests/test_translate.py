@@ -318,6 +318,42 @@ def test_full_path_keras3_in_keras3_out(small_cnn, tmp_path):
         np.testing.assert_array_equal(value, before[path])
 
 
+def test_batchnorm_recalibration_of_a_keras3_model():
+    keras3.utils.set_random_seed(0)
+    x = np.random.default_rng(0).normal(size=(32, 6, 6, 2)).astype("float32") + 1.0
+    y = np.arange(32) % 2
+    model = _functional(
+        (6, 6, 2),
+        L3.Conv2D(4, 3, name="conv"),
+        L3.BatchNormalization(name="bn"),
+        L3.ReLU(),
+        L3.Flatten(),
+        L3.Dense(2, activation="softmax", name="out"),
+    )
+    model.compile("adam", "sparse_categorical_crossentropy")
+    with pytest.raises(TypeError, match="to_tf_keras"):
+        tsp.recalibrate_batchnorm(model, x)
+    kept = np.array(model.get_layer("bn").moving_mean.numpy())
+    on = tsp.prune_once(model, (x, y), 0.5, "magnitude", granularity="filter", verbose=0)
+    off = tsp.prune_once(
+        model,
+        (x, y),
+        0.5,
+        "magnitude",
+        granularity="filter",
+        recalibrate_batchnorm=False,
+        verbose=0,
+    )
+    assert type(on).__module__.startswith("keras.")
+    np.testing.assert_array_equal(model.get_layer("bn").moving_mean.numpy(), kept)
+    np.testing.assert_array_equal(off.get_layer("bn").moving_mean.numpy(), kept)
+    probe = keras3.Model(on.inputs, on.get_layer("bn").input)
+    inputs = np.asarray(probe.predict(x, verbose=0), np.float64)
+    np.testing.assert_allclose(
+        on.get_layer("bn").moving_mean.numpy(), inputs.mean((0, 1, 2)), rtol=1e-5, atol=1e-6
+    )
+
+
 def test_prune_once_scores_and_shrink_answer_in_keras3(small_cnn):
     model, x, y = small_cnn
     got = tsp.scores(model, (x, y), "magnitude", verbose=0)

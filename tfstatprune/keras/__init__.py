@@ -13,6 +13,7 @@ from tfstatprune.keras.api import (
 from tfstatprune.keras.callbacks import StatisticalPruning, callbacks
 from tfstatprune.keras.history import WeightHistory
 from tfstatprune.keras.loading import load_model
+from tfstatprune.keras.recalibration import Recalibration, recalibrate_batchnorm
 from tfstatprune.keras.report import SparsityReport, sparsity_report
 from tfstatprune.keras.sensitivity import SensitivityRegularization
 from tfstatprune.keras.threshold import prune_by_threshold
@@ -33,6 +34,8 @@ __all__ = [
     "prune_once",
     "prune_scope",
     "prune_statistically",
+    "recalibrate_batchnorm",
+    "Recalibration",
     "scores",
     "sparsity_report",
     "strip_pruning",

@@ -12,7 +12,9 @@ be adapted for pruned networks":
   layers uses their connections summed.
 - **BatchNormalization**: the moving mean and variance after a pruned layer
   describe activations that no longer exist; they are reset (to their
-  initial values, 0 and 1) and re-learned during retraining.
+  initial values, 0 and 1) and re-learned during retraining. (A model pruned
+  one-shot, without retraining, gets them re-estimated on data instead:
+  :mod:`tfstatprune.keras.recalibration`.)
 
 The Dropout feeding a layer is found by walking the model's layer calls
 backwards from the layer's inputs through layers that only reshape or apply an

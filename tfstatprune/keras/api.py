@@ -16,6 +16,7 @@ from tfstatprune._translate import require_tf_keras_model, returns_users_keras
 from tfstatprune.granularity import Granularity, expand
 from tfstatprune.keras.config import (
     DEFAULT_MIN_WEIGHTS_PER_CLASS,
+    ONE_SHOT_ARGUMENTS,
     PruneSettings,
     StatsConfig,
     settings_from_arguments,
@@ -29,6 +30,11 @@ from tfstatprune.keras.consistency import (
 )
 from tfstatprune.keras.graph import trace_units
 from tfstatprune.keras.layers import is_prunable, iter_layers, unsupported_layers
+from tfstatprune.keras.recalibration import (
+    batchnorms_downstream,
+    has_examples,
+    recalibrate_batchnorm,
+)
 from tfstatprune.keras.scoring import mask_units, resolve_criterion, score_units
 from tfstatprune.keras.step import column_floors, multiply_masks, prune_step
 from tfstatprune.keras.wrapper import (
@@ -66,6 +72,17 @@ __all__ = [
 class NotAModelError(TypeError, ValueError):
     """The object to prune is no tf_keras model (a ``ValueError``, as in tfmot, and a
     ``TypeError``)."""
+
+
+def _refuse_one_shot_arguments(function: str, options: dict[str, Any], why: str) -> None:
+    """Raise a clear ``TypeError`` for arguments that apply to :func:`prune_once` only."""
+    given = [name for name in ONE_SHOT_ARGUMENTS if name in options]
+    if given:
+        verb = "they apply" if len(given) > 1 else "it applies"
+        raise TypeError(
+            f"{function}() takes no {', '.join(given)}: {verb} to prune_once only (one-shot "
+            f"pruning without training); {why}"
+        )
 
 
 def _require_graph_model(model: Any) -> keras.Model:
@@ -166,6 +183,14 @@ def prune_statistically(
       >>> [type(layer).__name__ for layer in p.layers]
       ['PruneStatistically']
     """
+    _refuse_one_shot_arguments(
+        "prune_statistically",
+        options,
+        "while the model trains the schedule sets the pruning steps, "
+        "tfstatprune.callbacks(..., reset_batchnorm=True) resets the BatchNormalization "
+        "statistics after each of them to be re-learned, and "
+        "tfstatprune.recalibrate_batchnorm(model, data) re-estimates them on data",
+    )
     layer_arguments = {k: options.pop(k) for k in list(options) if k in WRAPPER_LAYER_ARGUMENTS}
     prune, _ = settings_from_arguments(
         criterion=criterion,
@@ -292,6 +317,9 @@ def scores(
             "whatever the N:M pattern; it decides only which weights a mask keeps, so pass "
             "it to prune_once(...) or prune_statistically(...)"
         )
+    _refuse_one_shot_arguments(
+        "scores", options, "the scores are those of the model as it is, nothing is pruned"
+    )
     prune, stats = settings_from_arguments(
         criterion=criterion,
         granularity=granularity,
@@ -334,6 +362,7 @@ def prune_once(
     min_weights_per_unit: int = 0,
     sparsity_m_by_n: tuple[int, int] | None = None,
     substeps: int | None = None,
+    recalibrate_batchnorm: bool | None = None,
     holdout: Any = None,
     alpha: float = DEFAULT_ALPHA,
     loss: Any = None,
@@ -380,6 +409,14 @@ def prune_once(
       substeps: prune in this many steps of geometrically shrinking density,
         the statistics recomputed between them (default: 4 for criteria that
         update the surviving weights -- ``wald``, ``obs`` -- else 1).
+      recalibrate_batchnorm: after pruning, set the moving mean and variance of
+        the BatchNormalization layers downstream of a pruned layer to the exact
+        statistics of their new inputs over ``stats_data`` (its first
+        ``max_examples`` examples, in chunks of ``batch_size``;
+        :func:`tfstatprune.recalibrate_batchnorm`, Li et al. 2020's adaptive
+        batch normalization). None (default): when the model has such layers
+        (a CNN) and ``stats_data`` holds examples; True: always (an error
+        without examples); False: never (the statistics stay the dense model's).
       holdout: ``(x, y)`` held-out data for ``sparsity="auto"``.
       alpha: the test level for ``sparsity="auto"``.
       loss: per-example loss (default: the compiled loss).
@@ -396,7 +433,12 @@ def prune_once(
       A copy of ``model`` with exactly ``round(sparsity * N)`` weights (or
       groups) zeroed per layer (at least one kept); criteria with an update
       (``wald``, ``obs``) also move the surviving weights to the
-      restricted estimator.
+      restricted estimator; BatchNormalization statistics re-estimated as
+      ``recalibrate_batchnorm`` says.
+
+    Raises:
+      ValueError: ``recalibrate_batchnorm=True`` without examples in
+        ``stats_data``; and the errors of the other arguments.
     """
     settings = settings_from_arguments(
         criterion=criterion,
@@ -408,6 +450,7 @@ def prune_once(
         min_weights_per_unit=min_weights_per_unit,
         sparsity_m_by_n=sparsity_m_by_n,
         substeps=substeps,
+        recalibrate_batchnorm=recalibrate_batchnorm,
         loss=loss,
         max_examples=max_examples,
         batch_size=batch_size,
@@ -442,6 +485,13 @@ def _prune_copy(
 ) -> keras.Model:
     """A pruned copy of ``model``: :func:`prune_step` at each sub-step's level."""
     model = _require_graph_model(model)
+    if settings.recalibrate_batchnorm and not has_examples(stats_data):
+        raise ValueError(
+            "recalibrate_batchnorm=True re-estimates the BatchNormalization statistics on the "
+            f"examples of stats_data, but stats_data is {type(stats_data).__name__}: pass "
+            "stats_data=(x, y) (or a tf.data.Dataset of (x, y) batches), or leave "
+            "recalibrate_batchnorm=None"
+        )
     masking = settings.masks
     crit = resolve_criterion(masking.criterion, masking.options)
     substeps = settings.substeps
@@ -489,7 +539,37 @@ def _prune_copy(
             reference=dense,
             coupled=coupled,
         ).masks
+    _recalibrate_after_pruning(pruned, [u.layer for u in units], stats_data, settings, stats)
     return pruned
+
+
+def _recalibrate_after_pruning(
+    pruned: keras.Model,
+    layers: Sequence[keras.layers.Layer],
+    stats_data: Any,
+    settings: PruneSettings,
+    stats: StatsConfig,
+) -> None:
+    """Re-estimate the BatchNormalization layers downstream of the pruned ``layers`` on
+    ``stats_data``, as ``settings.recalibrate_batchnorm`` says (None: when there are
+    such layers and examples)."""
+    wanted = settings.recalibrate_batchnorm
+    if wanted is False or (wanted is None and not has_examples(stats_data)):
+        return
+    norms = batchnorms_downstream(pruned, layers)
+    if not norms:
+        if wanted and stats.verbose:
+            print("[tfstatprune] no BatchNormalization layer after a pruned layer to re-estimate")
+        return
+    done = recalibrate_batchnorm(
+        pruned,
+        stats_data,
+        layers=[norm.name for norm in norms],
+        batch_size=stats.batch_size,
+        max_examples=stats.max_examples,
+    )
+    if stats.verbose:
+        print(f"[tfstatprune] {done}")
 
 
 def _dead_unit_rows(

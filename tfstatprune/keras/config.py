@@ -13,7 +13,8 @@ arguments for users; each turns them into these objects once
   :class:`~tfstatprune.keras.wrapper.PruneStatistically` wrapper stores and
   serializes.
 * :class:`PruneSettings` -- a one-shot pruning: the masks' settings, which
-  layers, the per-class and per-unit floors, the sub-steps.
+  layers, the per-class and per-unit floors, the sub-steps, and whether the
+  BatchNormalization statistics are re-estimated afterwards.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from tfstatprune.masking import SCOPES, check_m_by_n, column_floor
 __all__ = [
     "DEFAULT_MIN_WEIGHTS_PER_CLASS",
     "DEFAULT_STATS",
+    "ONE_SHOT_ARGUMENTS",
     "MaskSettings",
     "PruneSettings",
     "StatsConfig",
@@ -176,6 +178,13 @@ class PruneSettings:
         at least this many weights per output unit (0: off).
       min_weights_per_unit: the same floor for every other pruned kernel.
       substeps: sub-steps of geometrically shrinking density (None: by criterion).
+      recalibrate_batchnorm: re-estimate the moving statistics of the
+        BatchNormalization layers downstream of the pruned layers on the
+        statistics' examples (:mod:`tfstatprune.keras.recalibration`); None: when
+        there are such layers and examples.
+
+    Raises:
+      ValueError: ``recalibrate_batchnorm`` not None, True or False.
     """
 
     masks: MaskSettings = dataclasses.field(default_factory=MaskSettings)
@@ -183,6 +192,14 @@ class PruneSettings:
     min_weights_per_class: int = DEFAULT_MIN_WEIGHTS_PER_CLASS
     min_weights_per_unit: int = 0
     substeps: int | None = None
+    recalibrate_batchnorm: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.recalibrate_batchnorm not in (None, True, False):
+            raise ValueError(
+                "recalibrate_batchnorm must be None (when the model has BatchNormalization "
+                f"after a pruned layer), True or False, got {self.recalibrate_batchnorm!r}"
+            )
 
     def column_floor(self, *, output: bool) -> int:
         """Entries per output unit a layer's kernel keeps (0 unless masks are elementwise)."""
@@ -196,7 +213,16 @@ class PruneSettings:
 
 
 _MASK_ARGUMENTS = ("criterion", "scope", "granularity", "prune_bias", "sparsity_m_by_n")
-_PRUNE_ARGUMENTS = ("layers", "min_weights_per_class", "min_weights_per_unit", "substeps")
+_PRUNE_ARGUMENTS = (
+    "layers",
+    "min_weights_per_class",
+    "min_weights_per_unit",
+    "substeps",
+    "recalibrate_batchnorm",
+)
+#: Arguments of a one-shot pruning that a wrapped model pruned while it trains, or
+#: the scores alone, have no use for (refused there by name).
+ONE_SHOT_ARGUMENTS = ("substeps", "recalibrate_batchnorm", "holdout", "alpha")
 _STATS_ARGUMENTS = ("loss", "max_examples", "batch_size", "seed", "verbose", "skip_nonfinite")
 
 
@@ -206,8 +232,9 @@ def settings_from_arguments(**arguments: Any) -> tuple[PruneSettings, StatsConfi
     The names are those of :func:`tfstatprune.prune_once` (``criterion``,
     ``scope``, ``granularity``, ``prune_bias``, ``sparsity_m_by_n``,
     ``layers``, ``min_weights_per_class``, ``min_weights_per_unit``,
-    ``substeps``, ``loss``, ``max_examples``, ``batch_size``, ``seed``,
-    ``verbose``, ``skip_nonfinite``); a missing one takes the objects' default.
+    ``substeps``, ``recalibrate_batchnorm``, ``loss``, ``max_examples``,
+    ``batch_size``, ``seed``, ``verbose``, ``skip_nonfinite``); a missing one
+    takes the objects' default.
 
     >>> prune, stats = settings_from_arguments(criterion="obd", seed=3, hessian="ggn")
     >>> prune.masks.options, stats.seed

@@ -9,7 +9,10 @@ statistics collector, the sensitivity regularizer
   ignored), or
 - a ``tf.data.Dataset`` whose elements are such tuples, batched or single
   examples (an element whose inputs have the model input's rank minus one is
-  one example).
+  one example);
+- for jobs that read the inputs only (re-estimating BatchNormalization
+  statistics), bare inputs too, given placeholder labels by
+  :func:`with_placeholder_labels`.
 
 Chunks are ``(x, y)`` pairs of at most a given number of examples; the checks
 raise the errors the user sees (``tests/test_bad_inputs.py``) before anything
@@ -45,6 +48,7 @@ __all__ = [
     "iter_chunks",
     "labelled_arrays",
     "split_pair",
+    "with_placeholder_labels",
 ]
 
 
@@ -53,6 +57,27 @@ def split_pair(element: Any) -> tuple[Any, Any]:
     if isinstance(element, tuple | list):
         return element[0], element[1] if len(element) > 1 else None
     return element, None
+
+
+def with_placeholder_labels(data: Any) -> Any:
+    """``data`` in a form :func:`iter_chunks` takes, for jobs that read the inputs only.
+
+    ``(x, y[, w])`` tuples and data sets of such tuples are returned as they are;
+    bare inputs -- an array (or a list or dict of arrays, one per model input), or a
+    ``tf.data.Dataset`` of inputs -- are paired with zeros, one per example, as labels.
+
+    >>> x, y = with_placeholder_labels(np.ones((3, 2)))
+    >>> y.tolist()
+    [0.0, 0.0, 0.0]
+    """
+    if labelled_arrays(data) is not None:
+        return data
+    if isinstance(data, tf.data.Dataset):
+        spec = data.element_spec
+        if isinstance(spec, tuple) and len(spec) in (2, 3):
+            return data
+        return data.map(lambda x: (x, tf.zeros(tf.shape(tf.nest.flatten(x)[0])[:1])))
+    return data, np.zeros(first_dim(data))
 
 
 def labelled_arrays(data: Any) -> tuple[Any, Any] | None:
