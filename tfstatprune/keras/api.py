@@ -365,8 +365,9 @@ def prune_once(
         best Wald estimator each layer allows (:mod:`tfstatprune.criteria`).
       scope: ``"layer"`` (every layer at ``sparsity``) or ``"global"`` (one
         threshold over all layers' scores: each layer's sparsity follows from
-        them; with ``verbose`` the levels chosen are printed, and
-        :func:`tfstatprune.sparsity_report` of the result gives them per layer).
+        them; with ``verbose`` the levels chosen are printed, those of the
+        pruned tensors; :func:`tfstatprune.sparsity_report` of the result
+        gives each layer's zeros, its kept bias counted in the layer's size).
       max_layer_sparsity: with ``scope="global"``, a cap: no layer's weight
         (kernel, or bias with ``prune_bias``; its groups with a structured
         granularity) is pruned beyond this fraction, the rest of the global
