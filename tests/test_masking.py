@@ -14,6 +14,7 @@ from tfstatprune.masking import (
     SCOPES,
     compute_masks,
     mask_sparsity,
+    max_pruned_count,
     round_half_up,
     target_pruned_count,
 )
@@ -411,6 +412,195 @@ def test_weights_smaller_than_min_kept_keep_everything():
         masks = compute_masks(scores, 0.5, scope=scope, min_kept=2)
         assert masks["tiny"].tolist() == [True]
         assert masks["empty"].shape == (0, 3)
+
+
+# ---------------------------------------------------------------- global scope, layer cap
+
+caps = st.floats(min_value=0.0, max_value=1.0, exclude_max=True)
+
+
+class Impossible(Exception):
+    """The reference's verdict: the caps cannot hold the global total."""
+
+
+def _capped_count_by_search(size, cap):
+    """The most entries ``k`` of ``size`` with ``k / size <= cap``, by trying every k."""
+    return max((k for k in range(size + 1) if size == 0 or k / size <= cap), default=0)
+
+
+def _water_filling(scores, sparsity, previous, tiebreak, min_kept, cap):
+    """Reference masks for global scope with a cap per weight, by water-filling.
+
+    Rank all candidates (previously pruned first, then score, tiebreak, weight
+    position, flat index; a weight's min_kept best unpruned entries are no
+    candidates) and take the first ones the budget asks for; a weight that takes more
+    than its cap is fixed at its cap and leaves the pool, the budget left is shared
+    among the rest by the same ranking; repeat until no weight is over its cap.
+    """
+    names = list(scores)
+    own = []  # per weight, its entries from first to last to prune
+    for pos, name in enumerate(names):
+        flat = np.asarray(scores[name], dtype=float).reshape(-1)
+        prev = None if previous is None else np.asarray(previous[name]).reshape(-1)
+        tie = None if tiebreak is None else np.asarray(tiebreak[name], dtype=float).reshape(-1)
+        own.append(
+            sorted(
+                (
+                    0 if prev is not None and prev[i] == 0 else 1,
+                    flat[i],
+                    0.0 if tie is None else tie[i],
+                    pos,
+                    i,
+                )
+                for i in range(flat.size)
+            )
+        )
+    candidates, limits = [], []
+    for entries in own:
+        already = sum(1 for e in entries if e[0] == 0)
+        best = entries[len(entries) - min(min_kept, len(entries)) :]
+        protected = {e for e in best if e[0] == 1}
+        candidates.append([e for e in entries if e not in protected])
+        limits.append(max(_capped_count_by_search(len(entries), cap), already))
+    n_total = sum(len(e) for e in own)
+    n_prev = sum(1 for entries in own for e in entries if e[0] == 0)
+    budget = min(max(math.floor(sparsity * n_total + 0.5), n_prev), sum(len(c) for c in candidates))
+    fixed = {}  # weight position -> entries pruned, at its cap
+    while True:
+        pool = sorted(e for pos, c in enumerate(candidates) if pos not in fixed for e in c)
+        left = budget - sum(fixed.values())
+        if left > len(pool):
+            raise Impossible
+        taken = pool[:left]
+        over = {
+            pos
+            for pos in range(len(names))
+            if pos not in fixed and sum(1 for e in taken if e[3] == pos) > limits[pos]
+        }
+        if not over:
+            break
+        fixed.update({pos: min(limits[pos], len(candidates[pos])) for pos in over})
+    pruned = {(e[3], e[4]) for e in taken}
+    for pos, count in fixed.items():
+        pruned.update((e[3], e[4]) for e in candidates[pos][:count])
+    masks = {}
+    for pos, name in enumerate(names):
+        shape = np.shape(scores[name])
+        keep = np.ones(int(np.prod(shape, dtype=int)), dtype=bool)
+        keep[[i for p, i in pruned if p == pos]] = False
+        masks[name] = keep.reshape(shape)
+    return masks
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    data=score_dicts(with_previous=True, with_tiebreak=True),
+    sparsity=sparsities,
+    min_kept=min_kepts,
+    cap=caps,
+    use_previous=st.booleans(),
+    use_tiebreak=st.booleans(),
+)
+def test_global_cap_matches_water_filling(
+    data, sparsity, min_kept, cap, use_previous, use_tiebreak
+):
+    scores, previous, tiebreak = data
+    previous = previous if use_previous else None
+    tiebreak = tiebreak if use_tiebreak else None
+    arguments = dict(
+        scope="global",
+        previous=previous,
+        tiebreak=tiebreak,
+        min_kept=min_kept,
+        max_layer_sparsity=cap,
+    )
+    try:
+        want = _water_filling(scores, sparsity, previous, tiebreak, min_kept, cap)
+    except Impossible:
+        with pytest.raises(ValueError, match="max_layer_sparsity"):
+            compute_masks(scores, sparsity, **arguments)
+        return
+    _assert_same_masks(compute_masks(scores, sparsity, **arguments), want)
+
+
+@FAST
+@given(data=score_dicts(with_previous=True), sparsity=sparsities, cap=caps)
+def test_global_cap_bounds_every_weight_and_keeps_the_total(data, sparsity, cap):
+    scores, previous, _ = data
+    try:
+        masks = compute_masks(
+            scores, sparsity, scope="global", previous=previous, max_layer_sparsity=cap
+        )
+    except ValueError as error:
+        assert "max_layer_sparsity" in str(error)
+        return
+    uncapped = compute_masks(scores, sparsity, scope="global", previous=previous)
+    assert sum(map(_n_pruned, masks.values())) == sum(map(_n_pruned, uncapped.values()))
+    for name, level in mask_sparsity(masks).items():
+        already = int(np.count_nonzero(previous[name] == 0))
+        assert level <= cap or _n_pruned(masks[name]) == already, name
+        assert not masks[name][previous[name] == 0].any(), name
+
+
+@FAST
+@given(size=st.integers(min_value=0, max_value=5000), cap=caps)
+def test_max_pruned_count_is_the_largest_count_within_the_cap(size, cap):
+    assert max_pruned_count(size, cap) == _capped_count_by_search(size, cap)
+
+
+def test_global_cap_moves_the_rest_of_the_budget_to_the_other_weights():
+    scores = {"low": np.array([0.1, 0.2, 0.3, 0.4, 0.5]), "high": np.arange(1.0, 11.0)}
+    masks = compute_masks(scores, 0.4, scope="global", max_layer_sparsity=0.6)  # 6 of 15
+    assert masks["low"].tolist() == [False, False, False, True, True]  # 3 of 5: its cap
+    assert masks["high"].tolist() == [False] * 3 + [True] * 7  # the other 3
+    uncapped = compute_masks(scores, 0.4, scope="global")
+    assert mask_sparsity(uncapped)["low"] == 0.8  # all but min_kept=1
+
+
+def test_global_cap_at_a_higher_level_than_the_threshold_needs_changes_nothing():
+    rng = np.random.default_rng(3)
+    scores = {"a": rng.normal(size=(6, 5)), "b": rng.normal(size=20) + 1.0}
+    uncapped = compute_masks(scores, 0.5, scope="global")
+    highest = max(mask_sparsity(uncapped).values())
+    _assert_same_masks(
+        compute_masks(scores, 0.5, scope="global", max_layer_sparsity=highest), uncapped
+    )
+    below = compute_masks(scores, 0.5, scope="global", max_layer_sparsity=highest - 0.05)
+    assert max(mask_sparsity(below).values()) <= highest - 0.05
+    assert sum(map(_n_pruned, below.values())) == sum(map(_n_pruned, uncapped.values()))
+
+
+def test_previously_pruned_beyond_the_cap_stay_pruned_and_count_toward_it():
+    scores = {"a": np.array([9.0, 8.0, 7.0, 0.0]), "b": np.arange(4.0)}
+    previous = {"a": np.array([0, 0, 0, 1]), "b": np.ones(4)}  # a: 75 % already
+    masks = compute_masks(scores, 0.5, scope="global", previous=previous, max_layer_sparsity=0.5)
+    assert masks["a"].tolist() == [False, False, False, True]  # nothing more from "a"
+    assert masks["b"].tolist() == [False, True, True, True]  # 4 of 8 in all
+
+
+def test_caps_that_cannot_hold_the_total_name_the_numbers():
+    scores = {"a": np.arange(4.0), "b": np.arange(4.0)}
+    with pytest.raises(
+        ValueError, match=r"0\.9 prunes 6 of the 8 .*max_layer_sparsity=0\.5.* at most 4"
+    ):
+        compute_masks(scores, 0.9, scope="global", max_layer_sparsity=0.5)
+
+
+def test_min_kept_not_the_cap_limiting_is_no_error():
+    # 3 of 3 asked; min_kept leaves 2 prunable with or without the cap
+    masks = compute_masks({"a": np.arange(3.0)}, 0.9, scope="global", max_layer_sparsity=0.95)
+    assert masks["a"].tolist() == [False, False, True]
+
+
+@pytest.mark.parametrize("bad", [1.0, -0.1, 1.5, math.nan, True, "0.9"])
+def test_max_layer_sparsity_out_of_range(bad):
+    with pytest.raises(ValueError, match=r"max_layer_sparsity.*(\[0, 1\)|None)"):
+        compute_masks({"w": np.ones(3)}, 0.5, scope="global", max_layer_sparsity=bad)
+
+
+def test_max_layer_sparsity_in_layer_scope_names_the_fix():
+    with pytest.raises(ValueError, match="scope='global', or leave max_layer_sparsity=None"):
+        compute_masks({"w": np.ones(3)}, 0.5, max_layer_sparsity=0.9)
 
 
 # ---------------------------------------------------------------- errors

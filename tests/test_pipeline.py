@@ -17,7 +17,7 @@ from tfstatprune.keras.config import (
     settings_from_arguments,
 )
 from tfstatprune.keras.scoring import mask_units, score_units
-from tfstatprune.masking import column_floor, compute_masks, round_half_up
+from tfstatprune.masking import column_floor, compute_masks, mask_sparsity, round_half_up
 from tfstatprune.schedules import schedule_decision
 
 BATCH = 20
@@ -148,6 +148,7 @@ def test_settings_from_arguments_sorts_the_keywords():
         MaskSettings("obd", {"hessian": "ggn"}, "global", "unit", True),
         MaskSettings("magnitude", granularity=(1, 4)),
         MaskSettings("random", sparsity_m_by_n=(2, 4)),
+        MaskSettings("wald_block", scope="global", max_layer_sparsity=0.98),
     ],
 )
 def test_mask_settings_round_trip_through_the_wrapper_config(settings):
@@ -161,6 +162,104 @@ def test_mask_settings_round_trip_through_the_wrapper_config(settings):
     assert back.settings == wrapper.settings
     config.pop("layer")  # (the original inner layer is built, the new one not yet)
     assert {k: v for k, v in back.get_config().items() if k != "layer"} == config
+
+
+def test_a_wrapper_saved_before_the_layer_cap_loads_without_one():
+    settings = MaskSettings("magnitude", scope="global", max_layer_sparsity=0.9)
+    wrapper = tsp.PruneStatistically.from_settings(
+        keras.layers.Dense(4), tsp.OneShotSparsity(0.5), settings
+    )
+    wrapper.build((None, 8))
+    config = wrapper.get_config()
+    assert config["max_layer_sparsity"] == 0.9
+    del config["max_layer_sparsity"]  # what older files hold
+    back = tsp.PruneStatistically.from_config(config)
+    assert back.max_layer_sparsity is None
+    assert back.settings == MaskSettings("magnitude", scope="global")
+
+
+@pytest.mark.parametrize(
+    ("arguments", "match"),
+    [
+        ({"max_layer_sparsity": 0.9}, "pass scope='global', or leave max_layer_sparsity=None"),
+        ({"scope": "global", "max_layer_sparsity": 1.0}, r"\[0, 1\).*None for no cap"),
+        ({"scope": "global", "max_layer_sparsity": "0.9"}, "real number"),
+    ],
+)
+def test_a_bad_layer_cap_is_refused_before_anything_runs(arguments, match):
+    with pytest.raises(ValueError, match=match):
+        settings_from_arguments(criterion="magnitude", **arguments)
+    with pytest.raises(ValueError, match=match):
+        tsp.PruneStatistically(keras.layers.Dense(2), tsp.OneShotSparsity(0.5), **arguments)
+
+
+# --- global scope with a cap per layer ------------------------------------------------
+
+CAPPED = dict(sparsity=0.7, cap=0.75)  # uncapped, magnitude prunes fc1 to 78 %
+
+
+def _kernel_levels(model):
+    return mask_sparsity({layer.name: layer.kernel.numpy() for layer in model.layers[1:]})
+
+
+def test_prune_once_with_a_cap_makes_the_masks_of_the_masking_rule(tiny_mlp_data, capsys):
+    model, x, y = tiny_mlp_data
+    sparsity, cap = CAPPED["sparsity"], CAPPED["cap"]
+    once = tsp.prune_once(model, None, sparsity, "magnitude", "global", max_layer_sparsity=cap)
+    scores = tsp.scores(model, None, "magnitude", verbose=0)
+    thetas = {k: np.abs(w.numpy()) for w, k in tsp.weight_keys(model).items() if k in scores}
+    options = dict(scope="global", tiebreak=thetas, keep_per_column={"output/kernel:0": 1})
+    want = compute_masks(scores, sparsity, max_layer_sparsity=cap, **options)
+    uncapped = compute_masks(scores, sparsity, **options)
+    assert max(mask_sparsity(uncapped).values()) > cap  # (so the cap binds)
+    for layer in once.layers[1:]:
+        kernel = layer.kernel.numpy()
+        np.testing.assert_array_equal(kernel != 0, want[f"{layer.name}/kernel:0"])
+    levels = _kernel_levels(once)
+    assert max(levels.values()) <= cap
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    total = sum(v.size for v in want.values())
+    pruned = sum(int((v == 0).sum()) for v in want.values())
+    assert line == (
+        f"[tfstatprune] global scope pruned {pruned / total:.1%} of {total:,} weights: "
+        + ", ".join(f"{name} {level:.1%}" for name, level in levels.items())
+        + f" (max_layer_sparsity {cap:g})"
+    )
+    assert pruned == round_half_up(sparsity * total)
+
+
+def test_the_callback_caps_layers_as_prune_once_does(tiny_mlp_data):
+    model, x, y = tiny_mlp_data
+    sparsity, cap = CAPPED["sparsity"], CAPPED["cap"]
+    once = tsp.prune_once(
+        model, None, sparsity, "magnitude", "global", max_layer_sparsity=cap, verbose=0
+    )
+    pruned = tsp.prune_statistically(
+        model,
+        None,
+        "magnitude",
+        tsp.OneShotSparsity(sparsity),
+        scope="global",
+        max_layer_sparsity=cap,
+    )
+    assert all(w.max_layer_sparsity == cap for w in _wrappers(pruned))
+    pruned.compile("adam", "sparse_categorical_crossentropy")
+    callback = tsp.callbacks(verbose=0)[0]
+    callback.set_model(pruned)
+    callback.on_train_begin()
+    callback.on_epoch_begin(0)  # the masks of step 0, before any training
+    for wrapper in _wrappers(pruned):
+        kernel = once.get_layer(wrapper.layer.name).kernel.numpy()
+        mask = wrapper.pruning_vars[0][1].numpy()
+        np.testing.assert_array_equal(mask, (kernel != 0).astype(mask.dtype))
+    assert max(callback.history[0]["sparsity"].values()) <= cap
+
+
+def test_a_cap_the_total_cannot_fit_under_fails_before_the_statistics(tiny_mlp_data):
+    model, x, y = tiny_mlp_data
+    # "wald" needs statistics and is given no data: the cap's error comes first
+    with pytest.raises(ValueError, match=r"prunes 281 of the 312 .* at most 248"):
+        tsp.prune_once(model, None, 0.9, "wald", "global", max_layer_sparsity=0.8)
 
 
 # --- stats_data given once -------------------------------------------------------------

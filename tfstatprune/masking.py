@@ -16,6 +16,14 @@ The contract of :func:`compute_masks`:
 * **Monotone.** Entries pruned in ``previous`` stay pruned. They count toward
   the number to prune, and if more are already pruned than requested, exactly
   those stay pruned: a mask never un-prunes. This rule wins over ``min_kept``.
+* **Layer cap (global scope).** With ``max_layer_sparsity=c`` no weight of
+  ``N_i`` entries has more than :func:`max_pruned_count` ``(N_i, c)`` (the
+  largest ``k`` with ``k / N_i <= c``) pruned; the total stays
+  ``round_half_up(s * N_total)``, met from the weights below their cap
+  (water-filling: one threshold, the weights at their cap drop out). If the caps
+  cannot hold that total it is a ValueError naming the numbers. Previously
+  pruned entries stay pruned and count toward the cap (a weight already beyond
+  it prunes nothing more).
 * **Column floors.** ``keep_per_column`` names 2-D scores (kernels ``[in, out]``)
   whose every column (output unit) keeps its ``count`` best-scoring entries; in
   layer scope the floor wins over the exact count (the weight's sparsity is
@@ -42,6 +50,7 @@ import numpy as np
 __all__ = [
     "SCOPES",
     "check_m_by_n",
+    "check_max_layer_sparsity",
     "check_sparsity",
     "column_floor",
     "compute_masks",
@@ -49,6 +58,7 @@ __all__ = [
     "m_by_n_masks",
     "m_by_n_pattern",
     "mask_sparsity",
+    "max_pruned_count",
     "round_half_up",
     "target_pruned_count",
 ]
@@ -142,6 +152,59 @@ def target_pruned_count(size: int, sparsity: float, *, min_kept: int = 1) -> int
     return min(round_half_up(sparsity * size), max(int(size) - min_kept, 0))
 
 
+def check_max_layer_sparsity(value: object, scope: str = "global") -> float | None:
+    """``value`` as a float in [0, 1) (None: no cap); a ValueError naming the fix otherwise.
+
+    The cap is a rule of global scope: ``scope="layer"`` already gives every
+    weight the sparsity asked, so a cap there is an error rather than ignored.
+
+    >>> check_max_layer_sparsity(0.98), check_max_layer_sparsity(None, "layer")
+    (0.98, None)
+    """
+    if value is None:
+        return None
+    if scope != "global":
+        raise ValueError(
+            f"max_layer_sparsity={value!r} caps each layer's share of one global threshold; "
+            f"with scope={scope!r} every layer is pruned to the sparsity itself: pass "
+            "scope='global', or leave max_layer_sparsity=None"
+        )
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(
+            f"max_layer_sparsity must be a real number in [0, 1) or None, got {value!r} "
+            f"({type(value).__name__})."
+        )
+    value = float(value)
+    if not 0.0 <= value < 1.0:
+        raise ValueError(
+            f"max_layer_sparsity must be in [0, 1) (the highest fraction of one weight's "
+            f"entries global scope may prune), or None for no cap; got {value}."
+        )
+    return value
+
+
+def max_pruned_count(size: int, max_sparsity: float) -> int:
+    """The most entries of a weight of ``size`` entries that ``max_sparsity`` allows pruned.
+
+    The largest ``k`` with ``k / size <= max_sparsity`` in floating point (as
+    ``zeros / weights`` is computed when the sparsity is reported), so a weight
+    is never reported above its cap: ``floor(max_sparsity * size)`` except
+    where the product's rounding lands just below an integer (``0.29 * 100``).
+
+    >>> max_pruned_count(100, 0.29), max_pruned_count(3, 0.5), max_pruned_count(0, 0.9)
+    (29, 1, 0)
+    """
+    size = int(size)
+    if size <= 0:
+        return 0
+    k = min(math.floor(max_sparsity * size), size)
+    if k < size and (k + 1) / size <= max_sparsity:
+        k += 1
+    if k > 0 and k / size > max_sparsity:
+        k -= 1
+    return k
+
+
 def _as_float_array(name: str, value: object, what: str) -> np.ndarray:
     arr = np.asarray(value)
     if arr.dtype == np.bool_ or not (
@@ -207,8 +270,24 @@ def compute_masks(
     tiebreak: Mapping[str, np.ndarray] | None = None,
     min_kept: int = 1,
     keep_per_column: Mapping[str, int] | None = None,
+    max_layer_sparsity: float | None = None,
 ) -> dict[str, np.ndarray]:
     """Prune the lowest-scoring entries of each weight (layer) or of all weights (global).
+
+    Global scope prunes the ``n = round_half_up(s * N)`` lowest-scoring entries
+    of all weights together (one threshold), so each weight's sparsity follows
+    from the scores rather than being set. With ``max_layer_sparsity=c``,
+    weight ``i`` (``N_i`` entries, ``P_i`` of them already pruned) may lose at
+    most ``C_i = max(min(K(N_i, c), N_i - min_kept), P_i)`` entries, ``K`` of
+    :func:`max_pruned_count` (``floor(c N_i)``): the global prune order is
+    walked, each weight losing its entries as they come until it has lost
+    ``C_i``, and the walk stops when ``n`` are pruned -- water-filling, one
+    threshold for the weights below their cap, ``n_i = min(#{i's entries
+    below the threshold}, C_i)`` with ``sum_i n_i = n``. The cap is a floor
+    on each weight's density (``>= 1 - c``) while the global ranking decides
+    the rest; SPDY (Frantar & Alistarh 2022) and OBC's non-uniform
+    compression (Frantar et al. 2022) choose the per-layer levels from
+    per-layer error curves instead.
 
     Args:
       scores: name -> array of importance scores; higher means keep. Any real
@@ -228,6 +307,9 @@ def compute_masks(
       keep_per_column: optional name -> count: each column of that 2-D
         weight keeps its ``count`` best-scoring entries (names of other
         shapes, or not in ``scores``, are ignored); see the module docstring.
+      max_layer_sparsity: global scope only: no weight has more than this
+        fraction of its entries pruned (:func:`max_pruned_count`); None (the
+        default) is no cap. Previously pruned entries count toward it.
 
     Returns:
       name -> boolean mask (True = keep), in the shapes and key order of ``scores``.
@@ -236,8 +318,9 @@ def compute_masks(
       ValueError: for an empty ``scores``, a sparsity outside [0, 1), an unknown
         scope, a sparsity mapping in global scope or one with missing or extra
         names, ``previous``/``tiebreak`` with missing or extra names or a
-        different shape, a non-0/1 previous mask, NaN in scores or tiebreak, or
-        ``min_kept < 1``.
+        different shape, a non-0/1 previous mask, NaN in scores or tiebreak,
+        ``min_kept < 1``, a ``max_layer_sparsity`` outside [0, 1) or with
+        ``scope="layer"``, or caps that cannot hold the global total.
 
     >>> masks = compute_masks({"w": np.array([0.3, -2.0, 5.0, 0.1])}, 0.5)
     >>> masks["w"].tolist()
@@ -249,6 +332,12 @@ def compute_masks(
     >>> compute_masks({"k": np.array([[1.0, 5.0], [2.0, 6.0]])}, 0.5,
     ...               keep_per_column={"k": 1})["k"].tolist()  # each column keeps its best
     [[False, False], [True, True]]
+    >>> two = {"a": np.array([0.1, 0.2, 0.3, 0.4]), "b": np.array([1.0, 2.0, 3.0, 4.0])}
+    >>> [m.tolist() for m in compute_masks(two, 0.5, scope="global").values()]
+    [[False, False, False, True], [False, True, True, True]]
+    >>> capped = compute_masks(two, 0.5, scope="global", max_layer_sparsity=0.5)
+    >>> [m.tolist() for m in capped.values()]  # "a" stops at 2 of 4; "b" gives the rest
+    [[False, False, True, True], [False, False, True, True]]
     """
     if not isinstance(scores, Mapping):
         raise ValueError(f"scores must be a mapping name -> array, got {type(scores).__name__}.")
@@ -257,6 +346,7 @@ def compute_masks(
     if scope not in SCOPES:
         raise ValueError(f"Unknown scope {scope!r}; valid scopes are {list(SCOPES)}.")
     min_kept = _check_min_kept(min_kept)
+    cap = check_max_layer_sparsity(max_layer_sparsity, scope)
     names = list(scores)
 
     if isinstance(sparsity, Mapping):
@@ -310,7 +400,9 @@ def compute_masks(
             for n, s, p, t in zip(names, flat_scores, flat_pruned, flat_ties, strict=True)
         ]
     else:
-        flat_keep = _global_keep(flat_scores, flat_pruned, flat_ties, levels[names[0]], min_kept)
+        flat_keep = _global_keep(
+            flat_scores, flat_pruned, flat_ties, levels[names[0]], min_kept, cap
+        )
     return {
         name: keep.reshape(shape)
         for name, keep, shape in zip(names, flat_keep, shapes, strict=True)
@@ -382,32 +474,40 @@ def _global_keep(
     ties: list[np.ndarray],
     sparsity: float,
     min_kept: int,
+    cap: float | None,
 ) -> list[np.ndarray]:
     sizes = [s.size for s in scores]
-    # Each weight's min_kept best entries (the end of its own prune order) are
-    # protected, unless already pruned: monotonicity wins over min_kept.
-    protected = []
+    # A weight may lose the first `allowed` entries of its own prune order (which is the
+    # global order restricted to it): all but its min_kept best, fewer under a cap, and
+    # never fewer than it has already lost (monotonicity wins over min_kept and the cap).
+    eligible, allowed, uncapped = [], [], []
     for s, p, t in zip(scores, pruned, ties, strict=True):
-        prot = np.zeros(s.size, dtype=bool)
-        n_protect = min(min_kept, s.size)
-        if n_protect:
-            prot[_prune_order(s, p, t)[-n_protect:]] = True
-        protected.append(prot & ~p)
+        rank = np.empty(s.size, dtype=np.int64)
+        rank[_prune_order(s, p, t)] = np.arange(s.size)
+        already = int(np.count_nonzero(p))
+        limit = max(s.size - min_kept, 0)
+        uncapped.append(max(limit, already))
+        if cap is not None:
+            limit = min(limit, max_pruned_count(s.size, cap))
+        allowed.append(max(limit, already))
+        eligible.append(rank < allowed[-1])
 
-    all_scores = np.concatenate(scores)
     all_pruned = np.concatenate(pruned)
-    all_ties = np.concatenate(ties)
-    all_protected = np.concatenate(protected)
-
-    n_total = all_scores.size
-    n_prunable = n_total - int(np.count_nonzero(all_protected))
-    n_prune = min(
-        max(round_half_up(sparsity * n_total), int(np.count_nonzero(all_pruned))), n_prunable
+    n_total = all_pruned.size
+    wanted = min(
+        max(round_half_up(sparsity * n_total), int(np.count_nonzero(all_pruned))), sum(uncapped)
     )
-    order = _prune_order(all_scores, all_pruned, all_ties)
-    candidates = order[~all_protected[order]]
+    if sum(allowed) < wanted:
+        raise ValueError(
+            f"global sparsity {sparsity} prunes {wanted} of the {n_total} entries, but with "
+            f"max_layer_sparsity={cap} the weights can lose at most {sum(allowed)} "
+            f"({sum(allowed) / n_total:.2%}, already pruned entries included): raise "
+            "max_layer_sparsity or lower the sparsity."
+        )
+    order = _prune_order(np.concatenate(scores), all_pruned, np.concatenate(ties))
+    candidates = order[np.concatenate(eligible)[order]]
     keep = np.ones(n_total, dtype=bool)
-    keep[candidates[:n_prune]] = False
+    keep[candidates[:wanted]] = False
     return np.split(keep, np.cumsum(sizes)[:-1])
 
 

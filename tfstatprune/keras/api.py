@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -35,14 +35,14 @@ from tfstatprune.keras.recalibration import (
     has_examples,
     recalibrate_batchnorm,
 )
-from tfstatprune.keras.scoring import mask_units, resolve_criterion, score_units
+from tfstatprune.keras.scoring import MaskUnit, mask_units, resolve_criterion, score_units
 from tfstatprune.keras.step import column_floors, multiply_masks, prune_step
 from tfstatprune.keras.wrapper import (
     PruneStatistically,
     remember_stats_data,
     schedule_objects,
 )
-from tfstatprune.masking import check_sparsity
+from tfstatprune.masking import check_sparsity, compute_masks
 from tfstatprune.schedules import OneShotSparsity
 from tfstatprune.stats import check_stats_data
 from tfstatprune.stats.keys import weight_keys
@@ -120,6 +120,7 @@ def prune_statistically(
     min_weights_per_class: int = DEFAULT_MIN_WEIGHTS_PER_CLASS,
     min_weights_per_unit: int = 0,
     sparsity_m_by_n: tuple[int, int] | None = None,
+    max_layer_sparsity: float | None = None,
     **options: Any,
 ) -> keras.Model:
     """Wrap every prunable layer of a copy of ``model`` for statistical pruning.
@@ -145,6 +146,10 @@ def prune_statistically(
         ``OneShotSparsity(0.5)``.
       scope: ``"layer"`` or ``"global"``.
       prune_bias: also prune biases.
+      max_layer_sparsity: with ``scope="global"``, no layer's weight is
+        pruned beyond this fraction at any pruning step (None, the default: no
+        cap), the rest of the schedule's total taken from the other layers; as
+        in :func:`prune_once`.
       granularity: what is pruned: ``"weight"``, ``"unit"`` (a Dense output
         neuron with its bias), ``"filter"``, ``"channel"``, or a block
         ``(1, 4)`` / ``(1, 16)`` of a Dense kernel's inputs; with a structured
@@ -201,6 +206,7 @@ def prune_statistically(
         min_weights_per_class=min_weights_per_class,
         min_weights_per_unit=min_weights_per_unit,
         sparsity_m_by_n=sparsity_m_by_n,
+        max_layer_sparsity=max_layer_sparsity,
         **options,
     )
     crit = resolve_criterion(criterion, options)
@@ -361,6 +367,7 @@ def prune_once(
     min_weights_per_class: int = DEFAULT_MIN_WEIGHTS_PER_CLASS,
     min_weights_per_unit: int = 0,
     sparsity_m_by_n: tuple[int, int] | None = None,
+    max_layer_sparsity: float | None = None,
     substeps: int | None = None,
     recalibrate_batchnorm: bool | None = None,
     holdout: Any = None,
@@ -386,7 +393,18 @@ def prune_once(
         (see :func:`prune_auto`, whose report is printed).
       criterion: a criterion name or callable; the default ``"wald"`` is the
         best Wald estimator each layer allows (:mod:`tfstatprune.criteria`).
-      scope: ``"layer"`` or ``"global"``.
+      scope: ``"layer"`` (every layer at ``sparsity``) or ``"global"`` (one
+        threshold over all layers' scores: each layer's sparsity follows from
+        them; with ``verbose`` the levels chosen are printed, those of the
+        pruned tensors; :func:`tfstatprune.sparsity_report` of the result
+        gives each layer's zeros, its kept bias counted in the layer's size).
+      max_layer_sparsity: with ``scope="global"``, a cap: no layer's weight
+        (kernel, or bias with ``prune_bias``; its groups with a structured
+        granularity) is pruned beyond this fraction, the rest of the global
+        total taken from the other layers by the same ranking
+        (:func:`tfstatprune.masking.compute_masks`). None (the default) is no
+        cap, as before. A cap below what ``sparsity`` needs is a ValueError
+        before any statistics are collected.
       granularity: ``"weight"``, ``"unit"``, ``"filter"``, ``"channel"``,
         ``(1, 4)`` or ``(1, 16)``. With ``"unit"``/``"filter"`` a pruned
         unit also zeroes the input rows that read it in the next Dense/Conv
@@ -431,10 +449,10 @@ def prune_once(
 
     Returns:
       A copy of ``model`` with exactly ``round(sparsity * N)`` weights (or
-      groups) zeroed per layer (at least one kept); criteria with an update
-      (``wald``, ``obs``) also move the surviving weights to the
-      restricted estimator; BatchNormalization statistics re-estimated as
-      ``recalibrate_batchnorm`` says.
+      groups) zeroed per layer (at least one kept), or in all layers together
+      in global scope; criteria with an update (``wald``, ``obs``) also move
+      the surviving weights to the restricted estimator; BatchNormalization
+      statistics re-estimated as ``recalibrate_batchnorm`` says.
 
     Raises:
       ValueError: ``recalibrate_batchnorm=True`` without examples in
@@ -449,6 +467,7 @@ def prune_once(
         min_weights_per_class=min_weights_per_class,
         min_weights_per_unit=min_weights_per_unit,
         sparsity_m_by_n=sparsity_m_by_n,
+        max_layer_sparsity=max_layer_sparsity,
         substeps=substeps,
         recalibrate_batchnorm=recalibrate_batchnorm,
         loss=loss,
@@ -515,6 +534,8 @@ def _prune_copy(
     protect = column_floors(
         units, lambda layer: settings.column_floor(output=layer.name in outputs)
     )
+    if masking.max_layer_sparsity is not None:
+        _check_capacity(units, levels[-1], masking.max_layer_sparsity)
     by_name = {k: w for w, k in weight_keys(pruned).items()}
     dense = {k: w.numpy() for k, w in by_name.items()}
     consistent, coupled = None, []
@@ -539,8 +560,68 @@ def _prune_copy(
             reference=dense,
             coupled=coupled,
         ).masks
+    if masking.scope == "global" and stats.verbose and masks is not None:
+        print(_global_levels_line(units, masks, masking.max_layer_sparsity))
     _recalibrate_after_pruning(pruned, [u.layer for u in units], stats_data, settings, stats)
     return pruned
+
+
+def _unit_size(unit: MaskUnit) -> int:
+    """The entries a unit's scores have: its weight's, or its number of groups."""
+    if unit.groupings is None:
+        return int(unit.weights[0].shape.num_elements())
+    return int(unit.groupings[0].count)
+
+
+def _check_capacity(units: Sequence[MaskUnit], sparsity: float, cap: float) -> None:
+    """Fail before the statistics when the caps cannot hold the global total.
+
+    What the caps allow does not depend on the scores, so masks for equal scores
+    raise exactly when the real ones would (the error names the numbers).
+    """
+    compute_masks(
+        {unit.key: np.zeros(_unit_size(unit)) for unit in units},
+        sparsity,
+        scope="global",
+        max_layer_sparsity=cap,
+    )
+
+
+def _global_levels_line(
+    units: Sequence[MaskUnit], masks: Mapping[str, np.ndarray], cap: float | None = None
+) -> str:
+    """One line: the sparsity global scope chose for each layer, and the total.
+
+    Args:
+      units: the mask units pruned together.
+      masks: their masks by weight key (0 pruned).
+      cap: the ``max_layer_sparsity`` they were pruned with (None: no cap).
+
+    Example:
+      >>> from tfstatprune.keras.scoring import mask_units
+      >>> layer = keras.layers.Dense(2, name="fc")
+      >>> layer.build((None, 2))
+      >>> units = mask_units([layer])
+      >>> print(_global_levels_line(units, {units[0].key: np.array([[0, 1], [0, 0]])}))
+      [tfstatprune] global scope pruned 75.0% of 4 weights: fc 75.0%
+    """
+    sizes: dict[str, int] = {}
+    zeros: dict[str, int] = {}
+    for unit in units:
+        name = unit.layer.name
+        for key in unit.names:
+            mask = np.asarray(masks[key])
+            sizes[name] = sizes.get(name, 0) + int(mask.size)
+            zeros[name] = zeros.get(name, 0) + int(np.count_nonzero(mask == 0))
+    total, pruned = sum(sizes.values()), sum(zeros.values())
+    levels = ", ".join(f"{name} {zeros[name] / max(n, 1):.1%}" for name, n in sizes.items())
+    line = (
+        f"[tfstatprune] global scope pruned {pruned / max(total, 1):.1%} of {total:,} "
+        f"weights: {levels}"
+    )
+    if cap is not None:
+        line += f" (max_layer_sparsity {cap:g})"
+    return line
 
 
 def _recalibrate_after_pruning(

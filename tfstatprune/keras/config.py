@@ -9,7 +9,7 @@ arguments for users; each turns them into these objects once
 * :class:`StatsConfig` -- how the statistics are collected (the loss, how
   many examples, chunk size and memory budget, seed, verbosity).
 * :class:`MaskSettings` -- what a group of layers is masked by (criterion
-  and its options, scope, granularity, biases, N:M): what a
+  and its options, scope and its per-layer cap, granularity, biases, N:M): what a
   :class:`~tfstatprune.keras.wrapper.PruneStatistically` wrapper stores and
   serializes.
 * :class:`PruneSettings` -- a one-shot pruning: the masks' settings, which
@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tfstatprune.granularity import Granularity, check_granularity
-from tfstatprune.masking import SCOPES, check_m_by_n, column_floor
+from tfstatprune.masking import SCOPES, check_m_by_n, check_max_layer_sparsity, column_floor
 
 __all__ = [
     "DEFAULT_MIN_WEIGHTS_PER_CLASS",
@@ -99,6 +99,9 @@ class MaskSettings:
         block (normalized by :func:`tfstatprune.granularity.check_granularity`).
       prune_bias: also mask biases.
       sparsity_m_by_n: ``(m, n)`` N:M masks, or None.
+      max_layer_sparsity: with ``scope="global"``, no layer's weight is pruned
+        beyond this fraction (None: no cap; see
+        :func:`tfstatprune.masking.compute_masks`).
 
     Example:
       >>> MaskSettings("magnitude", granularity=[1, 4]).get_config()["granularity"]
@@ -111,10 +114,13 @@ class MaskSettings:
     granularity: Granularity = "weight"
     prune_bias: bool = False
     sparsity_m_by_n: tuple[int, int] | None = None
+    max_layer_sparsity: float | None = None
 
     def __post_init__(self) -> None:
         if self.scope not in SCOPES:
             raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}")
+        cap = check_max_layer_sparsity(self.max_layer_sparsity, self.scope)
+        object.__setattr__(self, "max_layer_sparsity", cap)
         object.__setattr__(self, "options", dict(self.options or {}))
         object.__setattr__(self, "granularity", check_granularity(self.granularity))
         object.__setattr__(self, "prune_bias", bool(self.prune_bias))
@@ -130,6 +136,7 @@ class MaskSettings:
             self.scope,
             self.granularity,
             self.sparsity_m_by_n,
+            self.max_layer_sparsity,
         )
 
     def get_config(self) -> dict[str, Any]:
@@ -151,11 +158,13 @@ class MaskSettings:
             "prune_bias": self.prune_bias,
             "granularity": list(granularity) if isinstance(granularity, tuple) else granularity,
             "sparsity_m_by_n": None if self.sparsity_m_by_n is None else list(self.sparsity_m_by_n),
+            "max_layer_sparsity": self.max_layer_sparsity,
         }
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> MaskSettings:
-        """The inverse of :meth:`get_config` (missing keys take their defaults)."""
+        """The inverse of :meth:`get_config` (missing keys take their defaults: a file
+        written before ``max_layer_sparsity`` existed loads without a cap)."""
         defaults = cls()
         return cls(
             criterion=config.get("criterion", defaults.criterion),
@@ -164,6 +173,7 @@ class MaskSettings:
             granularity=config.get("granularity", defaults.granularity),
             prune_bias=config.get("prune_bias", defaults.prune_bias),
             sparsity_m_by_n=config.get("sparsity_m_by_n"),
+            max_layer_sparsity=config.get("max_layer_sparsity"),
         )
 
 
@@ -212,7 +222,14 @@ class PruneSettings:
         )
 
 
-_MASK_ARGUMENTS = ("criterion", "scope", "granularity", "prune_bias", "sparsity_m_by_n")
+_MASK_ARGUMENTS = (
+    "criterion",
+    "scope",
+    "granularity",
+    "prune_bias",
+    "sparsity_m_by_n",
+    "max_layer_sparsity",
+)
 _PRUNE_ARGUMENTS = (
     "layers",
     "min_weights_per_class",
@@ -231,10 +248,10 @@ def settings_from_arguments(**arguments: Any) -> tuple[PruneSettings, StatsConfi
 
     The names are those of :func:`tfstatprune.prune_once` (``criterion``,
     ``scope``, ``granularity``, ``prune_bias``, ``sparsity_m_by_n``,
-    ``layers``, ``min_weights_per_class``, ``min_weights_per_unit``,
-    ``substeps``, ``recalibrate_batchnorm``, ``loss``, ``max_examples``,
-    ``batch_size``, ``seed``, ``verbose``, ``skip_nonfinite``); a missing one
-    takes the objects' default.
+    ``max_layer_sparsity``, ``layers``, ``min_weights_per_class``,
+    ``min_weights_per_unit``, ``substeps``, ``recalibrate_batchnorm``, ``loss``,
+    ``max_examples``, ``batch_size``, ``seed``, ``verbose``, ``skip_nonfinite``);
+    a missing one takes the objects' default.
 
     >>> prune, stats = settings_from_arguments(criterion="obd", seed=3, hessian="ggn")
     >>> prune.masks.options, stats.seed

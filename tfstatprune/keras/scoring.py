@@ -333,6 +333,7 @@ def decide_masks(
     m_by_n: tuple[int, int] | None = None,
     coupled: Sequence[Sequence[tuple[str, int]]] = (),
     combine: str = "sum",
+    max_layer_sparsity: float | None = None,
 ) -> dict[str, np.ndarray]:
     """Masks (by weight key, 1 keep / 0 pruned, float32) from the units' scores.
 
@@ -341,15 +342,18 @@ def decide_masks(
     ``combine`` (:func:`tfstatprune.masking.coupled_masks`).
 
     With ``m_by_n`` the masks are N:M (:func:`tfstatprune.masking.m_by_n_masks`,
-    elementwise units only): ``sparsity``, ``scope`` and ``keep_per_column`` do
-    not apply, as tfmot's ``sparsity_m_by_n`` overrides its schedule's sparsity.
+    elementwise units only): ``sparsity``, ``scope``, ``keep_per_column`` and
+    ``max_layer_sparsity`` do not apply, as tfmot's ``sparsity_m_by_n``
+    overrides its schedule's sparsity.
 
     Ties are broken by ``|theta|`` (a group's L2 norm); ``previous`` masks by
     weight key stay pruned (a group counts as pruned when all its entries are).
     ``sparsity`` may map unit keys to levels (layer scope). ``keep_per_column``
     maps elementwise kernel keys to a number of entries per output unit
     (column) that are never pruned: the best-scoring ones (the floor of
-    :func:`tfstatprune.masking.compute_masks`).
+    :func:`tfstatprune.masking.compute_masks`). ``max_layer_sparsity`` caps
+    each unit's share of a global threshold (global scope; a structured unit's
+    cap counts its groups).
     """
     if m_by_n is not None:
         return _m_by_n_unit_masks(units, scores, m_by_n, previous)
@@ -374,6 +378,7 @@ def decide_masks(
         previous=prev or None,
         tiebreak=tiebreak,
         keep_per_column=keep_per_column,
+        max_layer_sparsity=max_layer_sparsity,
     )
     masks = {}
     for unit in units:

@@ -100,7 +100,7 @@ def prune_step(
       model: the model the statistics are collected on.
       units: the mask units (:func:`~tfstatprune.keras.scoring.mask_units`).
       stats_data: the statistics' data (None for criteria reading none).
-      settings: criterion, options, scope, N:M of these units.
+      settings: criterion, options, scope (and its cap), N:M of these units.
       sparsity: one level, or levels by unit key (layer scope).
       variables: every unit's variables by weight key (the update's values
         are assigned to them).
@@ -135,6 +135,7 @@ def prune_step(
         m_by_n=settings.sparsity_m_by_n,
         coupled=coupled,
         combine=criterion.coupled,
+        max_layer_sparsity=settings.max_layer_sparsity,
     )
     if consistent is not None:
         masks = consistent(masks)

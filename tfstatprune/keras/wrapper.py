@@ -202,6 +202,11 @@ class PruneStatistically(pruning_wrapper.PruneLowMagnitude):
       keep_per_unit: with elementwise masks, the number of kernel entries per
         output unit that are never pruned (the output layer's guard against a
         class losing all its connections).
+      max_layer_sparsity: with ``scope="global"``, the highest fraction of
+        each of this layer's weights the global threshold may prune (None: no
+        cap); the rest of the budget goes to the other globally scoped layers
+        (:func:`tfstatprune.masking.compute_masks`). Layers with different
+        caps are masked as separate groups.
       **kwargs: passed to tfmot's wrapper (``block_size``, ``sparsity_m_by_n``:
         ``(m, n)``, m zeros in every n consecutive inputs of each output unit,
         the best scores kept, at every pruning step of the schedule, whose
@@ -229,6 +234,7 @@ class PruneStatistically(pruning_wrapper.PruneLowMagnitude):
         prune_bias: bool = False,
         granularity: Any = "weight",
         keep_per_unit: int = 0,
+        max_layer_sparsity: float | None = None,
         **kwargs: Any,
     ) -> None:
         if pruning_schedule is None:
@@ -245,6 +251,7 @@ class PruneStatistically(pruning_wrapper.PruneLowMagnitude):
             granularity=granularity,
             prune_bias=bool(prune_bias) or groups_follow_bias(granularity),
             sparsity_m_by_n=self.sparsity_m_by_n,
+            max_layer_sparsity=max_layer_sparsity,
         )
         self.sparsity_m_by_n = self.settings.sparsity_m_by_n
         self.keep_per_unit = int(keep_per_unit)
@@ -272,6 +279,7 @@ class PruneStatistically(pruning_wrapper.PruneLowMagnitude):
             prune_bias=settings.prune_bias,
             granularity=settings.granularity,
             sparsity_m_by_n=settings.sparsity_m_by_n,
+            max_layer_sparsity=settings.max_layer_sparsity,
             **kwargs,
         )
 
@@ -281,6 +289,7 @@ class PruneStatistically(pruning_wrapper.PruneLowMagnitude):
     scope = property(lambda self: self.settings.scope)
     granularity = property(lambda self: self.settings.granularity)
     prune_bias = property(lambda self: self.settings.prune_bias)
+    max_layer_sparsity = property(lambda self: self.settings.max_layer_sparsity)
 
     def build(self, input_shape: Any) -> None:
         if self.prune_bias:
