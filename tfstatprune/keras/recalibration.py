@@ -330,11 +330,11 @@ def recalibrate_batchnorm(
     Example:
       >>> import numpy as np
       >>> from tfstatprune._keras import keras
-      >>> model = keras.Sequential([keras.Input((2,)), keras.layers.BatchNormalization()])
+      >>> norm = keras.layers.BatchNormalization(name="bn")
+      >>> model = keras.Sequential([keras.Input((2,)), norm])
       >>> x = np.array([[0.0, 1.0], [2.0, 5.0]], np.float32)
       >>> recalibrate_batchnorm(model, x).layers
-      ['batch_normalization']
-      >>> norm = model.layers[0]
+      ['bn']
       >>> norm.moving_mean.numpy().tolist(), norm.moving_variance.numpy().tolist()
       ([1.0, 3.0], [1.0, 4.0])
     """
