@@ -8,12 +8,14 @@ root; these helpers are the parts they would otherwise each write again:
 * :func:`train_dense`: seed, build, compile and fit the dense model the
   pruning starts from;
 * :func:`compile_and_fit`: compile and fit a (pruned or wrapped) model;
+* :func:`logged_rows`: the rows an interrupted run wrote to its ``--log``;
 * :func:`command_line` and :func:`publish`: the tail of a script's ``main``
   (the command that reproduces a report, printing it and writing it).
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,7 +25,23 @@ import numpy as np
 from tfstatprune import models
 from tfstatprune._keras import keras
 
-__all__ = ["command_line", "compile_and_fit", "publish", "say", "subset", "train_dense"]
+__all__ = [
+    "command_line",
+    "compile_and_fit",
+    "logged_rows",
+    "publish",
+    "say",
+    "subset",
+    "train_dense",
+]
+
+
+def logged_rows(log: Path | None) -> list[dict]:
+    """The rows (one JSON object per line) an earlier, interrupted run wrote to ``log``
+    (none without a log)."""
+    if log is None or not log.exists():
+        return []
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
 
 
 def say(message: str) -> None:

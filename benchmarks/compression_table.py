@@ -38,7 +38,7 @@ import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
 import tfstatprune as tsp
-from benchmarks._common import command_line, compile_and_fit, publish, train_dense
+from benchmarks._common import command_line, compile_and_fit, logged_rows, publish, train_dense
 from tfstatprune import datasets, models
 from tfstatprune._keras import keras
 
@@ -108,13 +108,6 @@ def pruned_run(
         model, data.x_train, data.y_train, epochs=epochs, batch_size=BATCH, callbacks=callbacks
     )
     return tsp.strip_pruning(model)
-
-
-def logged_rows(log: Path | None) -> list[dict]:
-    """The runs an earlier, interrupted invocation finished (none without a log)."""
-    if log is None or not log.exists():
-        return []
-    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
 
 
 def run(args: argparse.Namespace) -> list[dict]:

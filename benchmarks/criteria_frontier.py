@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 import tfstatprune as tsp
-from benchmarks._common import compile_and_fit, train_dense
+from benchmarks._common import compile_and_fit, logged_rows, train_dense
 from tfstatprune import datasets, models
 from tfstatprune._keras import keras
 from tfstatprune.commands import int_at_least
@@ -162,11 +162,10 @@ def run(args: argparse.Namespace) -> list[dict]:
         data = datasets.MNIST(data.x_train[:6000], data.y_train[:6000], data.x_test, data.y_test)
     stats = (data.x_train[:STATS_EXAMPLES], data.y_train[:STATS_EXAMPLES])
     log = Path(args.log)
-    done = {}
-    if log.exists():
-        for line in log.read_text().splitlines():
-            row = json.loads(line)
-            done[(row["seed"], row["criterion"], row["scope"], row["sparsity"])] = row
+    done = {
+        (row["seed"], row["criterion"], row["scope"], row["sparsity"]): row
+        for row in logged_rows(log)
+    }
     criteria = {k: CRITERIA[k] for k in args.criteria.split(",")}
     criteria.update(args.variant)
     rows = list(done.values())

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import tfstatprune as tsp
-from benchmarks._common import command_line, publish, say
+from benchmarks._common import command_line, logged_rows, publish, say
 from benchmarks.criteria_frontier import L2, accuracy, dense_model
 from benchmarks.stats_cost import environment
 from tfstatprune import datasets
@@ -70,11 +70,10 @@ def run(args: argparse.Namespace) -> tuple[list[dict], float]:
     data = datasets.mnist()
     stats = (data.x_train[: args.stats_examples], data.y_train[: args.stats_examples])
     log = Path(args.log)
-    done = {}
-    if log.exists():
-        for line in log.read_text().splitlines():
-            row = json.loads(line)
-            done[(row["criterion"], row["scope"], row["cap"], row["sparsity"])] = row
+    done = {
+        (row["criterion"], row["scope"], row["cap"], row["sparsity"]): row
+        for row in logged_rows(log)
+    }
     say(f"dense LeNet-300-100, seed {args.seed}, {args.epochs} epochs")
     started = time.perf_counter()
     dense = dense_model(args.seed, args.epochs, Path(args.cache), data)

@@ -27,6 +27,21 @@ def _wrappers(model):
     return [layer for layer in model.layers if isinstance(layer, tsp.PruneStatistically)]
 
 
+def _first_step_matches(pruned, once):
+    """Run the callback's step 0 on ``pruned`` (before any training) and check that its
+    masks are ``once``'s zeros; returns the callback."""
+    pruned.compile("adam", "sparse_categorical_crossentropy")
+    callback = tsp.callbacks(verbose=0)[0]
+    callback.set_model(pruned)
+    callback.on_train_begin()
+    callback.on_epoch_begin(0)
+    for wrapper in _wrappers(pruned):
+        kernel = once.get_layer(wrapper.layer.name).kernel.numpy()
+        mask = wrapper.pruning_vars[0][1].numpy()
+        np.testing.assert_array_equal(mask, (kernel != 0).astype(mask.dtype))
+    return callback
+
+
 def _masks(model):
     return {k: v for w in _wrappers(model) for k, v in w.current_masks().items()}
 
@@ -243,15 +258,7 @@ def test_the_callback_caps_layers_as_prune_once_does(tiny_mlp_data):
         max_layer_sparsity=cap,
     )
     assert all(w.max_layer_sparsity == cap for w in _wrappers(pruned))
-    pruned.compile("adam", "sparse_categorical_crossentropy")
-    callback = tsp.callbacks(verbose=0)[0]
-    callback.set_model(pruned)
-    callback.on_train_begin()
-    callback.on_epoch_begin(0)  # the masks of step 0, before any training
-    for wrapper in _wrappers(pruned):
-        kernel = once.get_layer(wrapper.layer.name).kernel.numpy()
-        mask = wrapper.pruning_vars[0][1].numpy()
-        np.testing.assert_array_equal(mask, (kernel != 0).astype(mask.dtype))
+    callback = _first_step_matches(pruned, once)
     assert max(callback.history[0]["sparsity"].values()) <= cap
 
 
@@ -304,15 +311,7 @@ def test_prune_once_and_the_callback_take_the_same_step(tiny_mlp_data, criterion
     model, x, y = tiny_mlp_data
     once = tsp.prune_once(model, (x, y), 0.6, criterion, substeps=substeps, verbose=0)
     pruned = tsp.prune_statistically(model, (x, y), criterion, tsp.OneShotSparsity(0.6))
-    pruned.compile("adam", "sparse_categorical_crossentropy")
-    callback = tsp.callbacks(verbose=0)[0]
-    callback.set_model(pruned)
-    callback.on_train_begin()
-    callback.on_epoch_begin(0)  # the masks of step 0, before any training
-    for wrapper in _wrappers(pruned):
-        kernel = once.get_layer(wrapper.layer.name).kernel.numpy()
-        mask = wrapper.pruning_vars[0][1].numpy()
-        np.testing.assert_array_equal(mask, (kernel != 0).astype(mask.dtype))
+    _first_step_matches(pruned, once)
 
 
 # --- the callback's per-batch work ------------------------------------------------------
