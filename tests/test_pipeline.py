@@ -80,6 +80,78 @@ def test_column_floor_matches_a_brute_force_reference(seed, count):
         assert (got.sum(axis=0) >= min(count, 4)).all()
 
 
+def _reference_global_floor_masks(scores, sparsity, count, min_kept=1):
+    """Global scope by hand: floors fixed first, then one ranking of the rest."""
+    protected = {}
+    for name, arr in scores.items():
+        mask = np.zeros(arr.shape, bool)
+        if arr.ndim == 2:
+            for j in range(arr.shape[1]):
+                order = sorted(range(arr.shape[0]), key=lambda i: (-arr[i, j], i))
+                mask[order[: min(count, arr.shape[0])], j] = True
+        protected[name] = mask.reshape(-1)
+    entries = sorted(
+        (float(arr.reshape(-1)[i]), position, i)
+        for position, (name, arr) in enumerate(scores.items())
+        for i in range(arr.size)
+        if not protected[name][i]
+    )
+    names = list(scores)
+    budget = round_half_up(sparsity * sum(a.size for a in scores.values()))
+    keep = {name: np.ones(arr.size, bool) for name, arr in scores.items()}
+    for _, position, i in entries:
+        if budget == 0:
+            break
+        name = names[position]
+        if keep[name].sum() > min_kept:
+            keep[name][i] = False
+            budget -= 1
+    return {name: keep[name].reshape(arr.shape) for name, arr in scores.items()}
+
+
+def test_global_scope_never_prunes_a_column_floor():
+    # The budget exceeds the unprotected entries: the floor still holds.
+    got = compute_masks(
+        {"k": np.array([[1.0, 2.0], [3.0, 4.0]]), "b": np.array([5.0, 6.0])},
+        0.67,
+        scope="global",
+        keep_per_column={"k": 1},
+    )
+    assert got["k"].tolist() == [[False, False], [True, True]]
+    assert got["b"].tolist() == [False, True]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_global_column_floor_matches_a_brute_force_reference(seed):
+    rng = np.random.default_rng(seed)
+    scores = {"k": rng.normal(size=(4, 3)), "b": rng.normal(size=5), "o": rng.normal(size=(3, 2))}
+    count = int(rng.integers(1, 4))
+    for sparsity in (0.2, 0.5, 0.8, 0.95):
+        floors = {"k": count, "o": count}
+        got = compute_masks(scores, sparsity, scope="global", keep_per_column=floors)
+        want = _reference_global_floor_masks(scores, sparsity, count)
+        for name in scores:
+            np.testing.assert_array_equal(got[name], want[name], err_msg=f"{name} at {sparsity}")
+
+
+def test_a_column_floor_outranks_infinite_scores():
+    # Column 0's floor is row 0; the +inf in column 1 ties the floor's old +inf stand-in.
+    scores = {"k": np.array([[1.0, np.inf], [0.5, np.inf], [0.2, 0.1]])}
+    for scope in ("layer", "global"):
+        got = compute_masks(scores, 0.9, scope=scope, keep_per_column={"k": 1})["k"]
+        assert got[:, 0].tolist() == [True, False, False], scope
+        assert got[:, 1].sum() >= 1, scope
+
+
+def test_previously_pruned_floor_entries_stay_pruned_in_global_scope():
+    scores = {"k": np.array([[3.0, 1.0], [2.0, 4.0]]), "b": np.array([0.5, 0.6])}
+    previous = {"k": np.array([[0, 1], [1, 1]]), "b": np.array([1, 1])}
+    got = compute_masks(scores, 0.5, scope="global", previous=previous, keep_per_column={"k": 1})
+    assert not got["k"][0, 0]  # the column's best, but pruned before: monotone wins
+    assert got["k"][1, 0] and got["k"][1, 1]  # each column's best live entry is its floor
+    assert got["k"][0, 1] is np.False_ and got["b"].tolist() == [False, True]
+
+
 def test_column_floor_applies_to_kernels_only_and_counts_per_class():
     scores = {"bias": np.array([3.0, 1.0, 2.0])}
     got = compute_masks(scores, 0.5, keep_per_column={"bias": 5})

@@ -28,11 +28,13 @@ The contract of :func:`compute_masks`:
   whose every column (output unit) keeps its ``count`` best-scoring entries; in
   layer scope the floor wins over the exact count (the weight's sparsity is
   capped at ``1 - count / in``), in global scope the protected entries are
-  simply never candidates. :func:`column_floor` says how many.
+  never candidates, whatever the budget (the total is then what the other
+  entries can give). :func:`column_floor` says how many.
 * **Deterministic order.** Entries are pruned in this order: previously
-  pruned first, then lowest score, then lowest ``tiebreak`` value (when given),
-  then (global scope only) the weight's position in ``scores``, then lowest flat
-  index in C order. ``+inf`` and ``-inf`` scores are fine; NaN is rejected.
+  pruned first, then entries no column floor protects, then lowest score, then
+  lowest ``tiebreak`` value (when given), then (global scope only) the weight's
+  position in ``scores``, then lowest flat index in C order. ``+inf`` and
+  ``-inf`` scores are fine; NaN is rejected.
 
 Masks are boolean arrays with ``True`` meaning *keep*, in the same shapes and
 the same key order as ``scores``.
@@ -374,19 +376,23 @@ def compute_masks(
     flat_scores: list[np.ndarray] = []
     flat_pruned: list[np.ndarray] = []
     flat_ties: list[np.ndarray] = []
+    flat_protected: list[np.ndarray] = []
     shapes: list[tuple[int, ...]] = []
     for name in names:
         arr = _as_float_array(name, scores[name], "scores")
+        if previous is None:
+            pruned = np.zeros(arr.shape, dtype=bool)
+        else:
+            pruned = _previous_pruned(name, previous[name], arr.shape).reshape(arr.shape)
+        protected = np.zeros(arr.shape, dtype=bool)
         if floors.get(name, 0) > 0:
-            arr = _protect_columns(arr, floors[name])
+            protected = _protected_entries(arr, pruned, floors[name])
             if scope == "layer":
                 levels[name] = min(levels[name], _floor_cap(arr.shape, floors[name]))
         shapes.append(arr.shape)
         flat_scores.append(arr.reshape(-1))
-        if previous is None:
-            flat_pruned.append(np.zeros(arr.size, dtype=bool))
-        else:
-            flat_pruned.append(_previous_pruned(name, previous[name], arr.shape))
+        flat_pruned.append(pruned.reshape(-1))
+        flat_protected.append(protected.reshape(-1))
         if tiebreak is None:
             flat_ties.append(np.zeros(arr.size))
         else:
@@ -396,12 +402,14 @@ def compute_masks(
 
     if scope == "layer":
         flat_keep = [
-            _layer_keep(s, p, t, levels[n], min_kept)
-            for n, s, p, t in zip(names, flat_scores, flat_pruned, flat_ties, strict=True)
+            _layer_keep(s, p, t, f, levels[n], min_kept)
+            for n, s, p, t, f in zip(
+                names, flat_scores, flat_pruned, flat_ties, flat_protected, strict=True
+            )
         ]
     else:
         flat_keep = _global_keep(
-            flat_scores, flat_pruned, flat_ties, levels[names[0]], min_kept, cap
+            flat_scores, flat_pruned, flat_ties, flat_protected, levels[names[0]], min_kept, cap
         )
     return {
         name: keep.reshape(shape)
@@ -415,13 +423,17 @@ def _check_count(value: object, what: str) -> int:
     return int(value)
 
 
-def _protect_columns(scores: np.ndarray, count: int) -> np.ndarray:
-    """``scores`` with the ``count`` best entries of each column raised to +inf."""
-    protected = np.array(scores, np.float64)
-    count = min(count, protected.shape[0])
-    best = np.argsort(-protected, axis=0, kind="stable")[:count]
-    np.put_along_axis(protected, best, np.inf, axis=0)
-    return protected
+def _protected_entries(scores: np.ndarray, pruned: np.ndarray, count: int) -> np.ndarray:
+    """True at the ``count`` best entries of each column not pruned before.
+
+    Equal scores: lowest row first. A column with fewer live entries protects those.
+    """
+    rows = scores.shape[0]
+    # Previously pruned entries sort last in their column, and are never protected.
+    order = np.lexsort((-scores, pruned), axis=0)  # stable: equal keys keep row order
+    protected = np.zeros(scores.shape, dtype=bool)
+    np.put_along_axis(protected, order[: min(count, rows)], True, axis=0)
+    return protected & ~pruned
 
 
 def _floor_cap(shape: tuple[int, ...], count: int) -> float:
@@ -444,27 +456,35 @@ def column_floor(*, per_class: int, per_unit: int, output: bool) -> int:
     return max(int(per_unit), int(per_class) if output else 0)
 
 
-def _prune_order(scores: np.ndarray, pruned: np.ndarray, ties: np.ndarray) -> np.ndarray:
+def _prune_order(
+    scores: np.ndarray, pruned: np.ndarray, ties: np.ndarray, protected: np.ndarray
+) -> np.ndarray:
     """Indices from first-to-prune to last-to-prune.
 
-    Keys, most significant first: previously pruned, score, tiebreak, index.
-    For concatenated weights the index orders by (position of the weight,
-    flat index), as the global scope wants.
+    Keys, most significant first: previously pruned, not protected by a column
+    floor, score, tiebreak, index. For concatenated weights the index orders by
+    (position of the weight, flat index), as the global scope wants.
     """
     index = np.arange(scores.size)
-    # np.lexsort sorts by its last key first; ~pruned puts pruned (False) first.
-    return np.lexsort((index, ties, scores, ~pruned))
+    # np.lexsort sorts by its last key first; ~pruned puts pruned (False) first, and
+    # protected entries (True) come after every unprotected one whatever their scores.
+    return np.lexsort((index, ties, scores, protected, ~pruned))
 
 
 def _layer_keep(
-    scores: np.ndarray, pruned: np.ndarray, ties: np.ndarray, sparsity: float, min_kept: int
+    scores: np.ndarray,
+    pruned: np.ndarray,
+    ties: np.ndarray,
+    protected: np.ndarray,
+    sparsity: float,
+    min_kept: int,
 ) -> np.ndarray:
     size = scores.size
     n_prune = max(
         target_pruned_count(size, sparsity, min_kept=min_kept), int(np.count_nonzero(pruned))
     )
     keep = np.ones(size, dtype=bool)
-    keep[_prune_order(scores, pruned, ties)[:n_prune]] = False
+    keep[_prune_order(scores, pruned, ties, protected)[:n_prune]] = False
     return keep
 
 
@@ -472,6 +492,7 @@ def _global_keep(
     scores: list[np.ndarray],
     pruned: list[np.ndarray],
     ties: list[np.ndarray],
+    protected: list[np.ndarray],
     sparsity: float,
     min_kept: int,
     cap: float | None,
@@ -480,17 +501,19 @@ def _global_keep(
     # A weight may lose the first `allowed` entries of its own prune order (which is the
     # global order restricted to it): all but its min_kept best, fewer under a cap, and
     # never fewer than it has already lost (monotonicity wins over min_kept and the cap).
+    # Entries a column floor protects (never previously pruned ones) are never candidates.
     eligible, allowed, uncapped = [], [], []
-    for s, p, t in zip(scores, pruned, ties, strict=True):
+    for s, p, t, f in zip(scores, pruned, ties, protected, strict=True):
         rank = np.empty(s.size, dtype=np.int64)
-        rank[_prune_order(s, p, t)] = np.arange(s.size)
+        rank[_prune_order(s, p, t, f)] = np.arange(s.size)
         already = int(np.count_nonzero(p))
+        open_ = ~f
         limit = max(s.size - min_kept, 0)
-        uncapped.append(max(limit, already))
+        uncapped.append(int(np.count_nonzero(open_ & (rank < max(limit, already)))))
         if cap is not None:
             limit = min(limit, max_pruned_count(s.size, cap))
-        allowed.append(max(limit, already))
-        eligible.append(rank < allowed[-1])
+        eligible.append(open_ & (rank < max(limit, already)))
+        allowed.append(int(np.count_nonzero(eligible[-1])))
 
     all_pruned = np.concatenate(pruned)
     n_total = all_pruned.size
@@ -504,7 +527,9 @@ def _global_keep(
             f"({sum(allowed) / n_total:.2%}, already pruned entries included): raise "
             "max_layer_sparsity or lower the sparsity."
         )
-    order = _prune_order(np.concatenate(scores), all_pruned, np.concatenate(ties))
+    order = _prune_order(
+        np.concatenate(scores), all_pruned, np.concatenate(ties), np.concatenate(protected)
+    )
     candidates = order[np.concatenate(eligible)[order]]
     keep = np.ones(n_total, dtype=bool)
     keep[candidates[:wanted]] = False
