@@ -6,6 +6,11 @@ Usage::
     python -m benchmarks.seed_frontier [--models lenet_300_100,lenet5] [--seeds 3]
         [--criteria magnitude,wald_diag,wald] [--retrain-epochs 2]
         [--levels 0.6,0.8,0.9,0.92,0.94,0.96,0.98,0.99] [--out docs/results/seed_frontier.md]
+        [--log runs/seed_frontier.jsonl]
+
+With ``--log`` each (model, seed, criterion, mode) is appended to the log when it
+finishes, and a run with the same log measures only what is not in it yet (so a long
+run can be split, interrupted and resumed; the report is made from all the rows).
 
 The paper's protocol (seed 001, section 4.1, after Han et al. 2015): train the dense
 network, score, prune the least salient p % of the weights and freeze them, retrain.
@@ -39,7 +44,7 @@ import numpy as np
 import tensorflow as tf
 
 import tfstatprune as tsp
-from benchmarks._common import command_line, compile_and_fit, publish, train_dense
+from benchmarks._common import command_line, compile_and_fit, logged_rows, publish, train_dense
 from tfstatprune import datasets, models
 from tfstatprune._keras import keras
 
@@ -124,12 +129,28 @@ def retrain(
     )
 
 
+def _unit(row: dict) -> tuple:
+    return row["model"], row["seed"], row["criterion"], row["mode"]
+
+
 def run(args: argparse.Namespace) -> list[dict]:
+    """The rows of every (model, seed, criterion, mode) asked for; those in ``args.log``
+    are read from it, the others measured and appended to it as each finishes."""
     data = datasets.mnist(datasets.resolve_source())
     test = (data.x_test, data.y_test)
     steps_per_epoch = int(np.ceil(len(data.x_train) / BATCH))
-    rows = []
-    for name, seed in itertools.product(args.models, range(args.seeds)):
+    asked = set(itertools.product(args.models, range(args.seeds), args.criteria, args.modes))
+    logged = [
+        row for row in logged_rows(args.log) if _unit(row) in asked and row["level"] in args.levels
+    ]
+    done = {_unit(row) for row in logged}
+    rows: list[dict] = []
+    if args.report_only:
+        return logged
+    for seed, name in itertools.product(range(args.seeds), args.models):  # every model per seed
+        units = {(name, seed, c, m) for c in args.criteria for m in args.modes}
+        if units <= done:
+            continue
         epochs = args.dense_epochs or DENSE_EPOCHS[name]
         dense = dense_model(name, seed, epochs, data)
         base = accuracy(dense, test)
@@ -137,7 +158,8 @@ def run(args: argparse.Namespace) -> list[dict]:
         chosen = np.sort(rng.choice(len(data.x_train), STATS_EXAMPLES, replace=False))
         stats_data = (data.x_train[chosen], data.y_train[chosen])
         for criterion in args.criteria:
-            if "one-shot" in args.modes:
+            start = len(rows)
+            if "one-shot" in args.modes and (name, seed, criterion, "one-shot") not in done:
                 for level in args.levels:
                     losses = BatchLoss()
                     ends = LevelEnds([], test)
@@ -164,7 +186,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                             losses=losses.losses if level == FIG4_LEVEL else None,
                         )
                     )
-            if "iterative" in args.modes:
+            if "iterative" in args.modes and (name, seed, criterion, "iterative") not in done:
                 every = args.retrain_epochs * steps_per_epoch
                 schedule = tsp.IterativeSparsity(list(args.levels), begin_step=0, every=every)
                 ends = LevelEnds([e.step for e in schedule.events()[1:]], test)
@@ -193,8 +215,12 @@ def run(args: argparse.Namespace) -> list[dict]:
                             losses=segment if level == FIG4_LEVEL else None,
                         )
                     )
+            if args.log is not None:
+                args.log.parent.mkdir(parents=True, exist_ok=True)
+                with args.log.open("a") as log:
+                    log.writelines(json.dumps(row) + "\n" for row in rows[start:])
             print(f"{name} seed {seed} {criterion}: done", flush=True)
-    return rows
+    return logged + rows
 
 
 def _cell(values: list[float]) -> str:
@@ -212,15 +238,14 @@ def report(rows: list[dict], args: argparse.Namespace, command: str) -> str:
         f"L2 {L2:g}, Adam, batch {BATCH}; statistics on {STATS_EXAMPLES:,} training images; "
         f"{args.retrain_epochs} epoch(s) of retraining per level with the masks held (one-shot: "
         "after pruning at step 0; iterative: between levels). Cells: test accuracy after "
-        "retraining minus the dense model's, points, mean ± std over "
-        f"{args.seeds} seed(s).",
+        "retraining minus the dense model's, points, mean ± std over the seeds.",
     ]
     for name in args.models:
-        dense = [r["dense"] for r in rows if r["model"] == name]
-        dense_text = f"{100 * statistics.mean(dense):.2f} %" if dense else "-"
+        dense = {r["seed"]: r["dense"] for r in rows if r["model"] == name}
+        dense_text = f"{100 * statistics.mean(dense.values()):.2f} %" if dense else "-"
         lines += [
             "",
-            f"## {name} (dense {dense_text})",
+            f"## {name} (dense {dense_text}, {len(dense)} seed(s))",
             "",
             "| mode | criterion | " + " | ".join(f"{100 * p:g} %" for p in args.levels) + " |",
             "|:--|:--|" + "--:|" * len(args.levels),
@@ -294,7 +319,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dense-epochs", type=int, default=None)
     parser.add_argument("--retrain-epochs", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None, help="markdown; .png and .jsonl beside")
+    parser.add_argument(
+        "--log", type=Path, default=None, help="JSON lines; resumes from it, appended as it goes"
+    )
+    parser.add_argument(
+        "--report-only", action="store_true", help="write the report from --log, measure nothing"
+    )
     args = parser.parse_args(argv)
+    if args.report_only and args.log is None:
+        parser.error("--report-only reads the rows from --log; pass --log")
     args.models = args.models.split(",")
     args.criteria = args.criteria.split(",")
     args.modes = args.modes.split(",")
