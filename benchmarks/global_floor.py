@@ -4,12 +4,13 @@ Usage::
 
     python -m benchmarks.global_floor [--seed 0] [--epochs 8] [--stats-examples 10000]
         [--sparsities 0.9,0.95,0.98] [--caps 0.95,0.98,0.99]
-        [--criteria wald_block,magnitude] [--out docs/results/global_floor.md]
+        [--criteria wald_block,magnitude] [--no-curves] [--out docs/results/global_floor.md]
 
 LeNet-300-100 (L2 1e-4) is trained once on MNIST (the model of
 ``benchmarks.criteria_frontier``, cached under ``runs/``), then pruned one-shot
 by :func:`tfstatprune.prune_once` with each criterion at each sparsity: layer
-scope, global scope without a cap, and global scope with
+scope, global scope without a cap, global scope with the per-layer levels from
+error curves (``allocation="error_curves"``), and global scope with
 ``max_layer_sparsity=c`` for every cap ``c >= s`` (a lower cap cannot hold the
 total). Biases are kept; the output layer keeps one weight per class (the
 default). Test accuracy is measured without retraining; the per-layer levels
@@ -41,20 +42,33 @@ CRITERIA = ("wald_block", "magnitude")
 STATS_EXAMPLES = 10_000
 NO_CAP = "global"
 LAYER = "layer"
+#: Global scope with ``allocation="error_curves"`` (the per-layer levels from error curves).
+CURVES = "curves"
+SCOPE_ORDER = (LAYER, NO_CAP, CURVES)
 
 
-def settings(sparsity: float, caps: list[float]) -> list[tuple[str, float | None]]:
-    """``(scope, cap)`` pairs run at ``sparsity``: layer, global, global with each cap >= it.
+def settings(
+    sparsity: float, caps: list[float], *, curves: bool = True
+) -> list[tuple[str, float | None]]:
+    """``(scope, cap)`` pairs run at ``sparsity``: layer, global, global with levels from
+    error curves (``curves``), and global with each cap >= it.
 
     Example:
       >>> settings(0.98, [0.95, 0.98, 0.99])
-      [('layer', None), ('global', None), ('global', 0.98), ('global', 0.99)]
+      [('layer', None), ('global', None), ('curves', None), ('global', 0.98), ('global', 0.99)]
     """
-    return [(LAYER, None), (NO_CAP, None), *((NO_CAP, c) for c in caps if c >= sparsity)]
+    return [
+        (LAYER, None),
+        (NO_CAP, None),
+        *([(CURVES, None)] if curves else []),
+        *((NO_CAP, c) for c in caps if c >= sparsity),
+    ]
 
 
 def label(scope: str, cap: float | None) -> str:
-    """A row's name: ``layer``, ``global`` or ``global, cap 0.98``."""
+    """A row's name: ``layer``, ``global``, ``global, error curves`` or ``global, cap 0.98``."""
+    if scope == CURVES:
+        return "global, error curves"
     return scope if cap is None else f"{scope}, cap {cap:g}"
 
 
@@ -82,7 +96,7 @@ def run(args: argparse.Namespace) -> tuple[list[dict], float]:
     rows = []
     for criterion in args.criteria.split(","):
         for sparsity in args.sparsities:
-            for scope, cap in settings(sparsity, args.caps):
+            for scope, cap in settings(sparsity, args.caps, curves=args.curves):
                 key = (criterion, scope, cap, sparsity)
                 if key in done:
                     rows.append(done[key])
@@ -93,7 +107,8 @@ def run(args: argparse.Namespace) -> tuple[list[dict], float]:
                     stats,
                     sparsity,
                     criterion,
-                    scope,
+                    NO_CAP if scope == CURVES else scope,
+                    allocation="error_curves" if scope == CURVES else "threshold",
                     max_layer_sparsity=cap,
                     seed=args.seed,
                     verbose=0,
@@ -124,7 +139,9 @@ def run(args: argparse.Namespace) -> tuple[list[dict], float]:
 def tables(rows: list[dict], sparsities: list[float], caps: list[float]) -> list[str]:
     """Markdown: per criterion, accuracy and the per-layer kernel levels of each setting."""
     by_key = {(r["criterion"], r["scope"], r["cap"], r["sparsity"]): r for r in rows}
-    seen = sorted({(r["scope"], r["cap"]) for r in rows}, key=lambda k: (k[0] != LAYER, k[1] or 0))
+    seen = sorted(
+        {(r["scope"], r["cap"]) for r in rows}, key=lambda k: (k[1] or 0, SCOPE_ORDER.index(k[0]))
+    )
     lines = []
     for criterion in dict.fromkeys(r["criterion"] for r in rows):
         names = next(iter(r["levels"] for r in rows if r["criterion"] == criterion))
@@ -159,6 +176,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sparsities", type=floats, default=list(SPARSITIES))
     parser.add_argument("--caps", type=floats, default=list(CAPS))
     parser.add_argument("--criteria", default=",".join(CRITERIA))
+    parser.add_argument(
+        "--no-curves",
+        dest="curves",
+        action="store_false",
+        help="leave out the rows with allocation='error_curves'",
+    )
     parser.add_argument("--cache", default="runs/criteria_frontier")
     parser.add_argument("--log", default="runs/global_floor/results.jsonl")
     parser.add_argument("--out", type=Path, default=None, help="write the markdown report here")
@@ -183,7 +206,8 @@ def main(argv: list[str] | None = None) -> None:
         "the output layer keeps one weight per class; **test accuracy without retraining** on "
         "the 10k MNIST test images, then each layer's kernel sparsity "
         "(fc1 784x300, fc2 300x100, output 100x10). `global, cap c` is "
-        '`tsp.prune_once(..., scope="global", max_layer_sparsity=c)`.',
+        '`tsp.prune_once(..., scope="global", max_layer_sparsity=c)`; `global, error curves` '
+        'is `tsp.prune_once(..., scope="global", allocation="error_curves")`.',
         "",
         *tables(rows, args.sparsities, args.caps),
     ]

@@ -42,6 +42,7 @@ the same key order as ``scores``.
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 from collections.abc import Mapping, Sequence
@@ -51,6 +52,7 @@ import numpy as np
 
 __all__ = [
     "SCOPES",
+    "allocate_by_curves",
     "check_m_by_n",
     "check_max_layer_sparsity",
     "check_sparsity",
@@ -866,3 +868,76 @@ class _Joint:
                 for name, index in entry:
                     found[name][index] = kept
         return {name: found[name] for name in self.names}
+
+
+def allocate_by_curves(
+    curves: Mapping[str, tuple[Sequence[int], Sequence[float]]], total: int
+) -> dict[str, int]:
+    """Pruned counts per weight, summing to ``total``, from each weight's error curve.
+
+    ``curves[name] = (counts, errors)``: the error of pruning ``counts[k]``
+    entries of that weight (increasing counts, the first the least it may
+    prune). The allocation minimises ``sum_i e_i(n_i)`` subject to
+    ``sum_i n_i = total`` over the lower convex hull of each curve, linear
+    between its points: the hull's segments of all weights are taken in order
+    of error per pruned entry (slope; equal slopes: the weight's position in
+    ``curves``, then its own order), the last one in part. This is the
+    Lagrangian solution of the non-uniform allocation that OBC (Frantar et al.
+    2022) and SPDY (Frantar & Alistarh 2022) solve by dynamic programming or
+    search; with convex curves it is exact at every total, not only at the
+    grid.
+
+    Raises:
+      ValueError: an empty ``curves``, a curve whose counts do not increase
+        or whose lengths differ, NaN in the errors, or a ``total`` outside
+        ``[sum of first counts, sum of last counts]``.
+
+    >>> allocate_by_curves({"a": ([0, 2, 4], [0.0, 1.0, 10.0]), "b": ([0, 4], [0.0, 4.0])}, 5)
+    {'a': 2, 'b': 3}
+    """
+    if not curves:
+        raise ValueError("curves is empty; pass at least one weight's (counts, errors).")
+    segments = []
+    first, last = {}, {}
+    for position, (name, (counts, errors)) in enumerate(curves.items()):
+        counts = np.asarray(counts, np.int64)
+        errors = np.asarray(errors, np.float64)
+        if counts.ndim != 1 or counts.shape != errors.shape or counts.size == 0:
+            raise ValueError(f"curve {name!r}: counts and errors must be 1-D of one length.")
+        if np.any(np.diff(counts) <= 0) or np.isnan(errors).any():
+            raise ValueError(f"curve {name!r}: counts must increase and errors hold no NaN.")
+        first[name], last[name] = int(counts[0]), int(counts[-1])
+        hull = _lower_hull(counts, errors)
+        for k, (start, end) in enumerate(itertools.pairwise(hull)):
+            length = int(counts[end] - counts[start])
+            slope = (errors[end] - errors[start]) / length
+            segments.append((slope, position, k, name, length))
+    low, high = sum(first.values()), sum(last.values())
+    if not low <= total <= high:
+        raise ValueError(
+            f"total {total} outside what the curves allow, [{low}, {high}] entries pruned."
+        )
+    allocation = dict(first)
+    remaining = total - low
+    for _, _, _, name, length in sorted(segments, key=lambda s: s[:3]):
+        if remaining == 0:
+            break
+        take = min(length, remaining)
+        allocation[name] += take
+        remaining -= take
+    return allocation
+
+
+def _lower_hull(x: np.ndarray, y: np.ndarray) -> list[int]:
+    """Indices of the lower convex hull of the points ``(x, y)``, ``x`` increasing."""
+    hull: list[int] = []
+    for i in range(len(x)):
+        while len(hull) >= 2:
+            a, b = hull[-2], hull[-1]
+            # b lies on or above the chord from a to i: not on the lower hull.
+            if (y[b] - y[a]) * (x[i] - x[a]) >= (y[i] - y[a]) * (x[b] - x[a]):
+                hull.pop()
+            else:
+                break
+        hull.append(i)
+    return hull

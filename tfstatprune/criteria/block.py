@@ -62,6 +62,7 @@ __all__ = [
     "DEFAULT_EXACT_FLOPS",
     "DEFAULT_VARIANCE_FLOOR",
     "block_inverse_diagonals",
+    "joint_error",
     "obs",
     "obs_scores",
     "layer_update",
@@ -291,6 +292,31 @@ def _factors_of(theta: np.ndarray, stats: WeightStatistics | None, name: str) ->
     return factors
 
 
+def joint_error(
+    before: np.ndarray, after: np.ndarray, a: np.ndarray, column_weight: np.ndarray | float
+) -> float:
+    """``sum_j w_j d_j^T A d_j``, ``d = after - before``: the joint statistic of a restriction.
+
+    For a quadratic model ``1/2 d^T A d`` per output unit this is twice the
+    increase the move costs, weighted per unit as the scores are (the OBS
+    identity: pruning the single weight q with the update
+    ``-theta_q A^-1 e_q / [A^-1]_qq`` gives ``theta_q^2 / [A^-1]_qq``, its
+    saliency). A unit that does not move adds 0, whatever its weight.
+
+    >>> a = np.array([[2.0, 1.0], [1.0, 2.0]])
+    >>> theta = np.array([[1.0], [1.0]])
+    >>> moved = theta - 1.0 * np.linalg.inv(a)[:, [0]] / np.linalg.inv(a)[0, 0]
+    >>> saliency = 1.0**2 / np.linalg.inv(a)[0, 0]  # theta_0^2 / [A^-1]_00
+    >>> round(joint_error(theta, moved, a, 1.0), 12), round(float(saliency), 12)
+    (1.5, 1.5)
+    """
+    d = np.asarray(after, np.float64) - np.asarray(before, np.float64)
+    per_unit = np.einsum("rj,rs,sj->j", d, a, d)
+    weight = np.broadcast_to(np.asarray(column_weight, np.float64), per_unit.shape)
+    with np.errstate(invalid="ignore"):
+        return float(np.sum(np.where(per_unit > 0, weight * per_unit, 0.0)))
+
+
 def _free_rows(theta: np.ndarray, factors: KroneckerFactors) -> np.ndarray:
     """Free set of the augmented ``[I(+1), O]`` block: entries not yet pruned (non-zero)."""
     free = np.asarray(theta) != 0
@@ -348,7 +374,14 @@ def solver_update(
         if factors.has_bias and bias is None:
             bias = np.zeros(matrix.shape[1])
         new_kernel, new_bias = restricted_update(matrix, bias, factors, keep, damping=damping)
-        return Update(new_kernel.reshape(np.shape(kernel)), new_bias, keep)
+        with_bias = bias if factors.has_bias else None
+        error = joint_error(
+            _augment(matrix, with_bias),
+            _augment(new_kernel, new_bias if factors.has_bias else None),
+            _damped(factors.inputs / max(factors.count, 1), damping),
+            column_weight,
+        )
+        return Update(new_kernel.reshape(np.shape(kernel)), new_bias, keep, error)
 
     def solve(theta: np.ndarray, a: np.ndarray) -> Pruned:
         return solve_layer(
@@ -365,7 +398,9 @@ def solver_update(
             layer=layer,
         )
 
-    return layer_update(kernel, bias, stats, solve, damping=damping, name=name)
+    return layer_update(
+        kernel, bias, stats, solve, damping=damping, column_weight=column_weight, name=name
+    )
 
 
 def layer_update(
@@ -375,20 +410,23 @@ def layer_update(
     solve: Callable[[np.ndarray, np.ndarray], Pruned],
     *,
     damping: float = DEFAULT_DAMPING,
+    column_weight: np.ndarray | float = 1.0,
     name: str = "restricted estimator",
 ) -> Update:
-    """``solve(theta, A)`` on the layer's ``[I(+1), O]`` block and damped ``A``, as an Update."""
+    """``solve(theta, A)`` on the layer's ``[I(+1), O]`` block and damped ``A``, as an Update
+    whose error is :func:`joint_error` with ``column_weight``."""
     factors = _factors_of(kernel, stats, name)
     matrix = _matrix(kernel)
     if factors.has_bias and bias is None:
         bias = np.zeros(matrix.shape[1])
     n = max(factors.count, 1)
-    solved = solve(
-        _augment(matrix, bias if factors.has_bias else None), _damped(factors.inputs / n, damping)
-    )
+    theta = _augment(matrix, bias if factors.has_bias else None)
+    a = _damped(factors.inputs / n, damping)
+    solved = solve(theta, a)
     rows = matrix.shape[0]
     new_bias = solved.theta[rows] if factors.has_bias else None
-    return Update(solved.theta[:rows].reshape(np.shape(kernel)), new_bias, solved.keep)
+    error = joint_error(theta, solved.theta, a, column_weight)
+    return Update(solved.theta[:rows].reshape(np.shape(kernel)), new_bias, solved.keep, error)
 
 
 def _per_unit_flops(keep: np.ndarray) -> float:

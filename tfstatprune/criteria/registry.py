@@ -87,11 +87,18 @@ class Update(NamedTuple):
       keep: the ``[I(+1), O]`` mask the update settled on (True = kept): the
         solver may choose, within the counts it was given, other entries than
         the masking step did (adaptive mask selection).
+      error: the joint statistic of the layer's restriction, in the units of
+        the criterion's scores: ``sum_j w_j d_j^T A d_j`` with ``d_j`` the
+        move of output unit j's ``[I(+1)]`` weights (pruned ones to 0),
+        ``A`` the layer's damped input factor and ``w_j`` the column weight
+        of the score (``n / M_jj`` for ``wald_block``; for one pruned weight
+        it equals that weight's score). None: the update does not say.
     """
 
     kernel: np.ndarray
     bias: np.ndarray | None
     keep: np.ndarray
+    error: float | None = None
 
 
 def _needs_nothing(options: Mapping[str, Any]) -> StatsRequest:

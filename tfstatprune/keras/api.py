@@ -14,6 +14,7 @@ from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wra
 from tfstatprune._keras import keras
 from tfstatprune._translate import require_tf_keras_model, returns_users_keras
 from tfstatprune.granularity import Granularity, expand
+from tfstatprune.keras.allocation import error_curve_levels
 from tfstatprune.keras.config import (
     DEFAULT_MIN_WEIGHTS_PER_CLASS,
     ONE_SHOT_ARGUMENTS,
@@ -370,6 +371,7 @@ def prune_once(
     max_layer_sparsity: float | None = None,
     substeps: int | None = None,
     recalibrate_batchnorm: bool | None = None,
+    allocation: str = "threshold",
     holdout: Any = None,
     alpha: float = DEFAULT_ALPHA,
     loss: Any = None,
@@ -405,6 +407,14 @@ def prune_once(
         (:func:`tfstatprune.masking.compute_masks`). None (the default) is no
         cap, as before. A cap below what ``sparsity`` needs is a ValueError
         before any statistics are collected.
+      allocation: with ``scope="global"`` and ``granularity="weight"``, how
+        the layers' levels are chosen: ``"threshold"`` (default: one threshold
+        over all scores) or ``"error_curves"``: each layer is pruned alone to
+        a grid of levels with the criterion's update and its error measured
+        (the joint Wald statistic of its restriction for ``wald``), and the
+        levels minimising the summed error at the total are used, as OBC and
+        SPDY allocate (:mod:`tfstatprune.keras.allocation`; about 20 updates
+        per layer on the dense statistics, before the sub-steps).
       granularity: ``"weight"``, ``"unit"``, ``"filter"``, ``"channel"``,
         ``(1, 4)`` or ``(1, 16)``. With ``"unit"``/``"filter"`` a pruned
         unit also zeroes the input rows that read it in the next Dense/Conv
@@ -470,6 +480,7 @@ def prune_once(
         max_layer_sparsity=max_layer_sparsity,
         substeps=substeps,
         recalibrate_batchnorm=recalibrate_batchnorm,
+        allocation=allocation,
         loss=loss,
         max_examples=max_examples,
         batch_size=batch_size,
@@ -542,13 +553,24 @@ def _prune_copy(
     if masking.granularity in UNIT_GRANULARITIES:
         graph, names = trace_units(pruned), [u.layer.name for u in units]
         consistent, coupled = _dead_unit_rows(graph, names), coupled_units(graph, names)
+    step_masking, step_levels = masking, list(levels)
+    if settings.allocation == "error_curves":
+        curves = error_curve_levels(
+            pruned, units, stats_data, masking, levels[-1], stats, keep_per_column=protect
+        )
+        if stats.verbose:
+            print(_curve_levels_line(units, curves.levels))
+        # Each layer to its own level, in the same sub-steps of shrinking density.
+        step_masking = dataclasses.replace(masking, scope="layer", max_layer_sparsity=None)
+        by_unit = {k: _substep_levels(v, len(levels)) for k, v in curves.levels.items()}
+        step_levels = [{k: v[step] for k, v in by_unit.items()} for step in range(len(levels))]
     masks = None
-    for step, level in enumerate(levels):
+    for step, level in enumerate(step_levels):
         masks = prune_step(
             pruned,
             units,
             stats_data,
-            masking,
+            step_masking,
             level,
             variables=by_name,
             write_masks=multiply_masks(by_name),
@@ -564,6 +586,12 @@ def _prune_copy(
         print(_global_levels_line(units, masks, masking.max_layer_sparsity))
     _recalibrate_after_pruning(pruned, [u.layer for u in units], stats_data, settings, stats)
     return pruned
+
+
+def _curve_levels_line(units: Sequence[MaskUnit], levels: Mapping[str, float]) -> str:
+    """One line: the level error curves chose for each layer."""
+    chosen = ", ".join(f"{u.layer.name} {levels[u.key]:.1%}" for u in units if u.key in levels)
+    return f"[tfstatprune] levels from error curves: {chosen}"
 
 
 def _unit_size(unit: MaskUnit) -> int:

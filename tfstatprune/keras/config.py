@@ -27,6 +27,7 @@ from tfstatprune.granularity import Granularity, check_granularity
 from tfstatprune.masking import SCOPES, check_m_by_n, check_max_layer_sparsity, column_floor
 
 __all__ = [
+    "ALLOCATIONS",
     "DEFAULT_MIN_WEIGHTS_PER_CLASS",
     "DEFAULT_STATS",
     "ONE_SHOT_ARGUMENTS",
@@ -192,9 +193,14 @@ class PruneSettings:
         BatchNormalization layers downstream of the pruned layers on the
         statistics' examples (:mod:`tfstatprune.keras.recalibration`); None: when
         there are such layers and examples.
+      allocation: global scope's per-layer levels: ``"threshold"`` (one
+        threshold over the scores) or ``"error_curves"`` (from each layer's
+        error curve, :mod:`tfstatprune.keras.allocation`; elementwise masks).
 
     Raises:
-      ValueError: ``recalibrate_batchnorm`` not None, True or False.
+      ValueError: ``recalibrate_batchnorm`` not None, True or False; an
+        unknown ``allocation``, or ``"error_curves"`` outside global scope or
+        with structured or N:M masks.
     """
 
     masks: MaskSettings = dataclasses.field(default_factory=MaskSettings)
@@ -203,12 +209,27 @@ class PruneSettings:
     min_weights_per_unit: int = 0
     substeps: int | None = None
     recalibrate_batchnorm: bool | None = None
+    allocation: str = "threshold"
 
     def __post_init__(self) -> None:
         if self.recalibrate_batchnorm not in (None, True, False):
             raise ValueError(
                 "recalibrate_batchnorm must be None (when the model has BatchNormalization "
                 f"after a pruned layer), True or False, got {self.recalibrate_batchnorm!r}"
+            )
+        if self.allocation not in ALLOCATIONS:
+            raise ValueError(
+                f"allocation must be one of {list(ALLOCATIONS)}, got {self.allocation!r}"
+            )
+        masks = self.masks
+        if self.allocation == "error_curves" and (
+            masks.scope != "global" or masks.granularity != "weight" or masks.sparsity_m_by_n
+        ):
+            raise ValueError(
+                "allocation='error_curves' chooses the per-layer levels of scope='global' with "
+                f"granularity='weight' (got scope={masks.scope!r}, granularity="
+                f"{masks.granularity!r}, sparsity_m_by_n={masks.sparsity_m_by_n}): pass "
+                "scope='global', or leave allocation='threshold'"
             )
 
     def column_floor(self, *, output: bool) -> int:
@@ -236,10 +257,14 @@ _PRUNE_ARGUMENTS = (
     "min_weights_per_unit",
     "substeps",
     "recalibrate_batchnorm",
+    "allocation",
 )
 #: Arguments of a one-shot pruning that a wrapped model pruned while it trains, or
 #: the scores alone, have no use for (refused there by name).
-ONE_SHOT_ARGUMENTS = ("substeps", "recalibrate_batchnorm", "holdout", "alpha")
+ONE_SHOT_ARGUMENTS = ("substeps", "recalibrate_batchnorm", "allocation", "holdout", "alpha")
+#: The valid values of ``prune_once(..., allocation=...)``: one threshold over the
+#: scores (global scope's rule), or levels from per-layer error curves.
+ALLOCATIONS = ("threshold", "error_curves")
 _STATS_ARGUMENTS = ("loss", "max_examples", "batch_size", "seed", "verbose", "skip_nonfinite")
 
 
@@ -249,7 +274,7 @@ def settings_from_arguments(**arguments: Any) -> tuple[PruneSettings, StatsConfi
     The names are those of :func:`tfstatprune.prune_once` (``criterion``,
     ``scope``, ``granularity``, ``prune_bias``, ``sparsity_m_by_n``,
     ``max_layer_sparsity``, ``layers``, ``min_weights_per_class``,
-    ``min_weights_per_unit``, ``substeps``, ``recalibrate_batchnorm``, ``loss``,
+    ``min_weights_per_unit``, ``substeps``, ``recalibrate_batchnorm``, ``allocation``, ``loss``,
     ``max_examples``, ``batch_size``, ``seed``, ``verbose``, ``skip_nonfinite``);
     a missing one takes the objects' default.
 

@@ -413,10 +413,13 @@ def _m_by_n_unit_masks(
 
 
 class Updates(NamedTuple):
-    """What :func:`restricted_updates` returns: new values and the masks they go with."""
+    """What :func:`restricted_updates` returns: new values, the masks they go with, and
+    each updated kernel's joint error (:attr:`tfstatprune.criteria.registry.Update.error`,
+    by kernel key, where the update says it)."""
 
     values: dict[str, np.ndarray]
     masks: dict[str, np.ndarray]
+    errors: dict[str, float]
 
 
 def restricted_updates(
@@ -447,9 +450,10 @@ def restricted_updates(
     """
     reference = reference or {}
     values: dict[str, np.ndarray] = {}
+    errors: dict[str, float] = {}
     new_masks = dict(masks)
     if criterion.update is None or statistics is None:
-        return Updates(values, new_masks)
+        return Updates(values, new_masks, errors)
     for unit in units:
         layer = unit.layer
         kernel = getattr(layer, "kernel", None)
@@ -488,9 +492,11 @@ def restricted_updates(
             **(options or {}),
         )
         values[kernel_key] = update.kernel
+        if update.error is not None:
+            errors[kernel_key] = update.error
         if kernel_key in masks:
             rows = int(np.prod(kernel.shape[:-1]))
             new_masks[kernel_key] = update.keep[:rows].reshape(kernel.shape).astype(np.float32)
         if bias is not None:
             values[bias_key] = update.bias
-    return Updates(values, new_masks)
+    return Updates(values, new_masks, errors)
