@@ -207,6 +207,19 @@ def _keras3_model() -> Any:
     return model
 
 
+def _logits_model(keras_module: Any = keras) -> Any:
+    """A logits head compiled with a loss that reads probabilities (a user error)."""
+    model = keras_module.Sequential([keras_module.Input((16,)), keras_module.layers.Dense(3)])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    return model
+
+
+def _keras3() -> Any:
+    import keras as keras3
+
+    return keras3
+
+
 def _nan_weights(model: keras.Model) -> keras.Model:
     copy = tsp.copy_model(model)
     kernel = copy.get_layer("fc1").kernel
@@ -291,6 +304,12 @@ CASES = [
          "no tfstatprune pruning wrappers"),
     Case("subclassed model", lambda m, x, y: tsp.prune_once(_subclassed(), (x, y), 0.5,
          verbose=0), ValueError, "subclassed"),
+    Case("probability loss on logits", lambda m, x, y: tsp.scores(
+         _logits_model(), (x.reshape(N, 16), y), verbose=0),
+         ValueError, "SparseCategoricalCrossentropy(from_logits=True)"),
+    Case("keras 3, probability loss on logits", lambda m, x, y: tsp.prune_once(
+         _logits_model(_keras3()), (x.reshape(N, 16), y), 0.5, "wald", verbose=0),
+         ValueError, "the model outputs logits"),
     Case("keras 3 model, label 12", lambda m, x, y: tsp.scores(
          _keras3_model(), (x.reshape(N, 16), _labels(y, 5, 12)), verbose=0),
          ValueError, "found [12] at example indices [5]"),

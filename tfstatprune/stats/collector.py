@@ -82,6 +82,7 @@ from tfstatprune.stats.step import Step
 from tfstatprune.stats.validation import (
     check_input_dtype,
     check_labels,
+    check_probability_outputs,
     nonfinite_error,
     warn_no_signal,
     warn_skipped,
@@ -358,6 +359,13 @@ def collect_statistics(
         for index, (x, y) in enumerate(iter_chunks(data, batch_size, max_examples, rank)):
             if index == 0:
                 check_input_shape(model, x)
+                check_probability_outputs(
+                    per_example_loss.kind,
+                    per_example_loss.from_logits,
+                    per_example_loss.name,
+                    model,
+                    x,
+                )
             check_labels(per_example_loss.kind, model, y, seen, first=index == 0)
             n = first_dim(x)
             bad = step.run(

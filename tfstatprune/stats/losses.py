@@ -20,23 +20,23 @@ import tensorflow as tf
 
 from tfstatprune._keras import keras
 
-__all__ = ["PerExampleLoss", "resolve_loss"]
+__all__ = ["BCE", "CE", "LOSS_CLASSES", "SPARSE_CE", "PerExampleLoss", "resolve_loss"]
 
 LossFn = Callable[[Any, tf.Tensor], tf.Tensor]
 LabelSampler = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 LabelDistribution = Callable[[tf.Tensor], list[tuple[tf.Tensor, tf.Tensor]]]
 
-_SPARSE_CE = "sparse_categorical_crossentropy"
-_CE = "categorical_crossentropy"
-_BCE = "binary_crossentropy"
-_CE_KINDS = {
-    "SparseCategoricalCrossentropy": _SPARSE_CE,
-    "CategoricalCrossentropy": _CE,
-    "BinaryCrossentropy": _BCE,
-    "sparse_categorical_crossentropy": _SPARSE_CE,
-    "categorical_crossentropy": _CE,
-    "binary_crossentropy": _BCE,
+#: The cross-entropies the statistics know (a ``PerExampleLoss``'s ``kind``).
+SPARSE_CE = "sparse_categorical_crossentropy"
+CE = "categorical_crossentropy"
+BCE = "binary_crossentropy"
+#: Each kind's Keras loss class.
+LOSS_CLASSES = {
+    SPARSE_CE: "SparseCategoricalCrossentropy",
+    CE: "CategoricalCrossentropy",
+    BCE: "BinaryCrossentropy",
 }
+_CE_KINDS = {**{cls: kind for kind, cls in LOSS_CLASSES.items()}, **{k: k for k in LOSS_CLASSES}}
 _PROB_EPS = 1e-7
 
 
@@ -55,6 +55,7 @@ class PerExampleLoss(NamedTuple):
     name: str
     label_distribution: LabelDistribution | None = None
     kind: str | None = None  # the cross-entropy's canonical name, or None
+    from_logits: bool = False  # a cross-entropy reading logits, not probabilities
 
     def __call__(self, y_true: Any, y_pred: tf.Tensor) -> tf.Tensor:
         values = self.fn(y_true, y_pred)
@@ -88,14 +89,14 @@ def _sampler(kind: str, from_logits: bool) -> LabelSampler:
 
     def sample(y_pred: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
         y_pred = tf.cast(y_pred, tf.float32)
-        if kind == _BCE:
+        if kind == BCE:
             p = tf.sigmoid(y_pred) if from_logits else y_pred
             u = tf.random.stateless_uniform(tf.shape(p), seed=seed)
             return tf.cast(u < p, p.dtype)
         flat = tf.reshape(logits_of(y_pred), [-1, tf.shape(y_pred)[-1]])
         draws = tf.random.stateless_categorical(flat, 1, seed=seed)[:, 0]
         draws = tf.reshape(draws, tf.shape(y_pred)[:-1])
-        if kind == _SPARSE_CE:
+        if kind == SPARSE_CE:
             return draws
         return tf.one_hot(draws, tf.shape(y_pred)[-1], dtype=y_pred.dtype)
 
@@ -114,7 +115,7 @@ def _distribution(kind: str, from_logits: bool) -> LabelDistribution:
                 f"got {y_pred.shape}: use hessian='ggn' (sampled labels)"
             )
         batch = tf.shape(y_pred)[:1]
-        if kind == _BCE:
+        if kind == BCE:
             if classes != 1:
                 raise ValueError(
                     "the exact GGN of a binary cross-entropy needs one output per example, "
@@ -129,7 +130,7 @@ def _distribution(kind: str, from_logits: bool) -> LabelDistribution:
         pairs = []
         for c in range(classes):
             labels = tf.fill(batch, tf.constant(c, tf.int64))
-            if kind != _SPARSE_CE:
+            if kind != SPARSE_CE:
                 labels = tf.one_hot(labels, classes, dtype=y_pred.dtype)
             pairs.append((labels, p[:, c]))
         return pairs
@@ -176,5 +177,5 @@ def resolve_loss(model: keras.Model, loss: Any = None) -> PerExampleLoss:
     if kind is None:
         return PerExampleLoss(fn, None, name)
     return PerExampleLoss(
-        fn, _sampler(kind, from_logits), name, _distribution(kind, from_logits), kind
+        fn, _sampler(kind, from_logits), name, _distribution(kind, from_logits), kind, from_logits
     )

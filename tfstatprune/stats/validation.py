@@ -11,6 +11,9 @@ here changes the model or the data.
   on the first chunk (one-hot labels with a sparse cross-entropy and the
   reverse), and the class range of every chunk (``12`` or ``-1`` with 10
   classes) before it is used.
+- :func:`check_probability_outputs`: a cross-entropy that reads probabilities
+  (``from_logits=False``) on outputs that are none (a logits head: negative
+  values, which Keras clips to ``log(1e-7)`` in silence), once on the first chunk.
 - :func:`nonfinite_error`: examples whose loss or per-example gradients are
   NaN/Inf (or overflow float32) are found per example while collecting
   (:mod:`tfstatprune.stats.collector`); this is the error, and the warning
@@ -29,6 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfstatprune._keras import keras
+from tfstatprune.stats.losses import BCE, CE, LOSS_CLASSES, SPARSE_CE
 
 __all__ = [
     "FIRST_INDICES",
@@ -38,6 +42,7 @@ __all__ = [
     "check_finite_weights",
     "check_input_dtype",
     "check_labels",
+    "check_probability_outputs",
     "nonfinite_error",
     "warn_no_signal",
     "warn_skipped",
@@ -45,8 +50,6 @@ __all__ = [
 
 # How many offending example indices a message lists.
 FIRST_INDICES = 5
-SPARSE_CE = "sparse_categorical_crossentropy"
-CE = "categorical_crossentropy"
 
 
 class NonFiniteDataError(ValueError):
@@ -209,3 +212,40 @@ def check_finite_weights(named: Mapping[str, tuple[tf.Variable, str]]) -> None:
                 f"{value.size}. Training probably diverged: load a good checkpoint (or lower "
                 "the learning rate and retrain) before pruning"
             )
+
+
+#: Outputs this far below 0 (or above 1 for a binary cross-entropy) are no probabilities.
+PROBABILITY_SLACK = 1e-5
+#: Examples of the first chunk the output check runs the model on.
+PROBABILITY_PROBE = 32
+
+
+def check_probability_outputs(
+    kind: str | None, from_logits: bool, name: str, model: keras.Model, x: Any
+) -> None:
+    """A cross-entropy ``kind`` that reads probabilities must get them from ``model``.
+
+    With ``from_logits=False`` Keras clips the outputs into ``[1e-7, 1 - 1e-7]``
+    and takes their log: a model that outputs logits (no softmax/sigmoid at the
+    end) trains badly and its statistics are wrong (curvatures of clipped
+    values; the exact GGN enumerates "probabilities" that are negative). The
+    model is run on the first ``PROBABILITY_PROBE`` examples of ``x``.
+
+    Raises:
+      ValueError: an output below 0, or above 1 for a binary cross-entropy,
+        with the two fixes.
+    """
+    if kind is None or from_logits:
+        return
+    head = tf.nest.map_structure(lambda t: t[:PROBABILITY_PROBE], x)
+    out = tf.nest.flatten(model(head, training=False))[0]
+    low, high = float(tf.reduce_min(out)), float(tf.reduce_max(out))
+    too_high = kind == BCE and high > 1.0 + PROBABILITY_SLACK
+    if low < -PROBABILITY_SLACK or too_high:
+        raise ValueError(
+            f"the loss {name!r} reads the model's outputs as probabilities "
+            f"(from_logits=False), but on the first examples they range over "
+            f"[{low:.3g}, {high:.3g}]: the model outputs logits. Compile it with "
+            f"keras.losses.{LOSS_CLASSES[kind]}(from_logits=True) (or pass that as loss=), "
+            "or end the model with a softmax (sigmoid) activation"
+        )
