@@ -169,7 +169,7 @@ def tables(rows: list[dict], sparsities: list[float], caps: list[float]) -> list
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    floats = lambda text: [float(v) for v in text.split(",")]  # noqa: E731
+    floats = lambda text: [float(v) for v in text.split(",") if v.strip()]  # noqa: E731
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=8, help="training epochs of the dense model")
     parser.add_argument("--stats-examples", type=int, default=STATS_EXAMPLES)
@@ -193,7 +193,8 @@ def main(argv: list[str] | None = None) -> None:
     rows, dense_seconds = run(args)
     minutes = (time.perf_counter() - started) / 60
     text = [
-        "# Global scope with a cap per layer: LeNet-300-100, one-shot",
+        "# Global scope's per-layer levels: one threshold, error curves, a cap (LeNet-300-100, "
+        "one-shot)",
         "",
         f"Command: `{command_line('global_floor', given)}`",
         "",

@@ -413,7 +413,7 @@ def prune_once(
         a grid of levels with the criterion's update and its error measured
         (the joint Wald statistic of its restriction for ``wald``), and the
         levels minimising the summed error at the total are used, as OBC and
-        SPDY allocate (:mod:`tfstatprune.keras.allocation`; about 20 updates
+        SPDY allocate (:mod:`tfstatprune.keras.allocation`; about 25 updates
         per layer on the dense statistics, before the sub-steps).
       granularity: ``"weight"``, ``"unit"``, ``"filter"``, ``"channel"``,
         ``(1, 4)`` or ``(1, 16)``. With ``"unit"``/``"filter"`` a pruned
