@@ -10,6 +10,7 @@ by hand, and the zero-masked model that ``shrink`` must reproduce.
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import numpy as np
@@ -211,7 +212,15 @@ def test_a_coupled_group_scores_the_sum_of_its_units_wald_statistics():
     assert _dead_filters(pruned, "stem") == weakest
 
 
-def test_fit_with_the_callbacks_prunes_coupled_filters_together():
+def test_fit_with_the_callbacks_prunes_coupled_filters_together(monkeypatch):
+    traced = []
+
+    def counting(model):
+        traced.append(model.name)
+        return trace_units(model)
+
+    for module in ("tfstatprune.keras.callbacks", "tfstatprune.keras.consistency"):
+        monkeypatch.setattr(importlib.import_module(module), "trace_units", counting)
     model, (x, y) = resnet(), _data()
     wrapped = tsp.prune_statistically(
         model, (x, y), "magnitude", OneShotSparsity(0.5), granularity="filter"
@@ -224,6 +233,7 @@ def test_fit_with_the_callbacks_prunes_coupled_filters_together():
     dead = {n: _dead_filters(stripped, n) for n in ("stem", "b0b", "b1b")}
     assert dead["stem"] == dead["b0b"] == dead["b1b"] and len(dead["stem"]) == 4
     assert tsp.shrink(stripped).removed["stem"] == (4, 8)
+    assert len(traced) == 1  # one pruning step: the channel graph is traced once
 
 
 def test_an_expand_filter_goes_with_its_squeeze_excite_unit():

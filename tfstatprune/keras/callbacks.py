@@ -24,7 +24,7 @@ from tfstatprune.keras.consistency import (
     coupled_units,
     update_wrapper_masks,
 )
-from tfstatprune.keras.graph import trace_units
+from tfstatprune.keras.graph import UnitGraph, trace_units
 from tfstatprune.keras.scoring import describe_estimators, mask_units, resolve_criterion
 from tfstatprune.keras.step import PruneStepResult, column_floors, prune_step
 from tfstatprune.keras.wrapper import PruneStatistically, stats_data_of
@@ -208,8 +208,11 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
         stats = dataclasses.replace(self.stats, verbose=int(self.verbose > 1))
         examples = 0
         estimators: dict[str, str] = {}
+        # Structured masks read the model's graph: traced once per step, not per use.
+        structured = any(w.granularity in UNIT_GRANULARITIES for w in self._wrappers)
+        graph = trace_units(self.model) if structured else None
         for members in _group_by_settings(due):
-            result = self._prune_group(members, step, stats)
+            result = self._prune_group(members, step, stats, graph)
             if result.scoring.statistics is not None:
                 examples = result.scoring.statistics.count
             estimators.update(result.scoring.estimators)
@@ -217,7 +220,7 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
                 first = members[0][0]
                 name = resolve_criterion(first.criterion, first.criterion_options).name
                 print(f"\n[tfstatprune] {describe_estimators(name, result.scoring.estimators)}")
-        update_wrapper_masks(self.model, self._wrappers)  # rows of wrappers not due now
+        update_wrapper_masks(self.model, self._wrappers, graph)  # rows of wrappers not due now
         self._adjust({w: (c, connections(w)) for w, c in before.items()}, due)
         record = {
             "step": step,
@@ -239,8 +242,10 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
         members: Sequence[tuple[PruneStatistically, float]],
         step: int,
         stats: StatsConfig,
+        graph: UnitGraph | None = None,
     ) -> PruneStepResult:
-        """One :func:`~tfstatprune.keras.step.prune_step` over wrappers sharing settings."""
+        """One :func:`~tfstatprune.keras.step.prune_step` over wrappers sharing settings
+        (``graph``: the model's traced units, needed by structured masks)."""
         wrappers = [w for w, _ in members]
         settings = wrappers[0].settings
         units = mask_units(
@@ -262,7 +267,8 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
         floor = {id(w.layer): w.keep_per_unit for w in wrappers}
         coupled = []
         if settings.granularity in UNIT_GRANULARITIES:
-            coupled = coupled_units(trace_units(self.model), [w.layer.name for w in wrappers])
+            graph = graph or trace_units(self.model)
+            coupled = coupled_units(graph, [w.layer.name for w in wrappers])
 
         def write_masks(masks: dict[str, np.ndarray]) -> None:
             for wrapper in wrappers:
@@ -280,7 +286,7 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
             step=step,
             previous={k: v for w in wrappers for k, v in w.current_masks().items()},
             keep_per_column=column_floors(units, lambda layer: floor[id(layer)]),
-            consistent=lambda masks: consistent_masks(self.model, self._wrappers, masks),
+            consistent=lambda masks: consistent_masks(self.model, self._wrappers, masks, graph),
             coupled=coupled,
         )
 

@@ -184,36 +184,42 @@ def _structured(wrappers: Sequence[Any]) -> list[str]:
 
 
 def consistent_masks(
-    model: keras.Model, wrappers: Sequence[Any], masks: Mapping[str, np.ndarray]
+    model: keras.Model,
+    wrappers: Sequence[Any],
+    masks: Mapping[str, np.ndarray],
+    graph: UnitGraph | None = None,
 ) -> dict[str, np.ndarray]:
     """Inside ``fit``: new ``masks`` with the rows that read dead units zeroed.
 
     ``wrappers`` are the model's :class:`~tfstatprune.PruneStatistically`
     layers; the dead units are those of wrappers with unit/filter granularity,
     from ``masks`` where given and from the wrappers' current masks otherwise.
-    Returns the masks named in ``masks``.
+    ``graph``: the model's :func:`~tfstatprune.keras.graph.trace_units`, when
+    the caller has it (traced here otherwise). Returns the masks named in ``masks``.
     """
     structured = _structured(wrappers)
     if not structured:
         return dict(masks)
     every = {k: v for w in wrappers for k, v in w.current_masks().items()}
     every.update(masks)
-    result = follow_dead_units(trace_units(model), structured, every)
+    result = follow_dead_units(graph or trace_units(model), structured, every)
     return {name: result.masks[name] for name in masks}
 
 
-def update_wrapper_masks(model: keras.Model, wrappers: Sequence[Any]) -> None:
+def update_wrapper_masks(
+    model: keras.Model, wrappers: Sequence[Any], graph: UnitGraph | None = None
+) -> None:
     """Inside ``fit``: zero, in the wrappers' masks, the rows that read dead units.
 
     Only masks that change are written, each wrapper keeping its recorded
-    mask step (see :func:`consistent_masks`).
+    mask step (see :func:`consistent_masks`, also for ``graph``).
     """
     structured = _structured(wrappers)
     if not structured:
         return
     current = {w.layer.name: w.current_masks() for w in wrappers}
     masks = {k: v for found in current.values() for k, v in found.items()}
-    result = follow_dead_units(trace_units(model), structured, masks)
+    result = follow_dead_units(graph or trace_units(model), structured, masks)
     for wrapper in wrappers:
         changed = {
             name: result.masks[name]
