@@ -23,8 +23,8 @@ statistics far from the weights' after a few hundred steps.
 
 Rows (:data:`FULL`, per model): ``granularity="filter"`` at 30 and 60 % with
 ``wald`` (the default criterion), ``magnitude`` (a filter's L2 norm) and
-``l1_norm`` (Li et al. 2017), and ``granularity="weight"`` at 90 and 75 % with
-``wald`` and ``magnitude``. Each row is
+``l1_norm`` (Li et al. 2017), and ``granularity="weight"`` at 90 % with ``wald``
+and ``magnitude`` (a second weight level did not fit in the time). Each row is
 
 1. ``tsp.prune_once(dense, stats, level, criterion, granularity=g, substeps=1)``
    (the BatchNormalization statistics after the pruned layers re-estimated, the
@@ -89,6 +89,7 @@ WEIGHT_CRITERIA = ("wald", "magnitude")
 KERNELS = ("kernel", "depthwise_kernel")
 WRAPPER = tsp.PruneStatistically
 HELD = "magnitude"  # re-selects the zeros of a pruned model when it is wrapped again
+DENSE_TARGET = 0.97  # the dense models' test accuracy issue 17 asks for
 LATENCY_TARGET = 0.7  # of the dense latency ...
 ACCURACY_MARGIN = 0.01  # ... within this much of the dense accuracy (issue 17 item 2)
 
@@ -150,13 +151,9 @@ FULL = Config(
     retrain_examples={"mobilenetv2": 8_000, "resnet20": 4_000},
     retrain_epochs=1,
     runs=200,
-    # the 75 % weight rows last: the first to go when the time runs out
-    rows=(
-        *grid("mobilenetv2", (0.3, 0.6), (0.9,)),
-        *grid("resnet20", (0.3, 0.6), (0.9,)),
-        *grid("mobilenetv2", (), (0.75,)),
-        *grid("resnet20", (), (0.75,)),
-    ),
+    # 16 rows fill the 26 minutes on 2 busy cores (load 4-8); weight rows at 75 % as well
+    # did not fit (measured: 17 rows in 26.0 minutes)
+    rows=(*grid("mobilenetv2", (0.3, 0.6), (0.9,)), *grid("resnet20", (0.3, 0.6), (0.9,))),
 )
 QUICK = Config(
     train_examples=256,
@@ -683,6 +680,31 @@ def verdict(rows: list[dict]) -> str:
     return f"Over {len(compared)} group(s) of rows pruned alike: " + "; ".join(parts) + "."
 
 
+def caveats(rows: list[dict]) -> list[str]:
+    """What limits the rows: one seed, dense models short of the issue's 97 %, the spread
+    of the dense latency between pairs."""
+    lines = [
+        "- One seed, one dense training run and one draw of the examples per model; "
+        "differences of a few points after one short epoch of retraining are within what "
+        "another seed could move."
+    ]
+    for dense in (r for r in rows if r["kind"] == "dense"):
+        name = dense["model"]
+        if dense["accuracy"] < DENSE_TARGET:
+            lines.append(
+                f"- {TITLES[name]} dense is {_pct(dense['accuracy'])} %, short of the "
+                f"{100 * DENSE_TARGET:.0f} % asked of the dense models: it was trained for the "
+                "time there was."
+            )
+        times = [r["dense_ms"] for r in rows if r["kind"] == "pruned" and r["model"] == name]
+        if times:
+            lines.append(
+                f"- {TITLES[name]} dense p50 ranged {min(times):.3f}-{max(times):.3f} ms over the "
+                "pairs (the machine's load changed); compare rows by their ratio."
+            )
+    return lines
+
+
 def report(rows: list[dict], command: str) -> str:
     """The results file: a function of the logged rows (and the command) alone."""
     denses = [r for r in rows if r["kind"] == "dense"]
@@ -738,7 +760,8 @@ def report(rows: list[dict], command: str) -> str:
         "shrunk model's. Weight rows prune every layer's weights (depthwise and the classifier "
         "included); the .tflite stores them sparse (`export(sparse=True)`: DENSIFY at load). "
         "Non-zero MACs count only non-zero kernel entries (what weight sparsity could save "
-        "with a sparse kernel; LiteRT on this CPU runs them dense).",
+        "with a sparse kernel; LiteRT on this CPU runs them dense). A second weight level "
+        "(75 %) was dropped from the grid: it did not fit in the time.",
         "",
         f"Latency: float32 .tflite, LiteRT with XNNPACK, batch 1, 1 thread, p50 of "
         f"{config['runs']} runs, each row's file timed interleaved with the dense file "
@@ -769,6 +792,10 @@ def report(rows: list[dict], command: str) -> str:
         "Checks:",
         "",
         *checks(rows),
+        "",
+        "Caveats:",
+        "",
+        *caveats(rows),
         "",
     ]
     return "\n".join(text)
