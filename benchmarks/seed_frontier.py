@@ -9,8 +9,10 @@ Usage::
         [--log runs/seed_frontier.jsonl]
 
 With ``--log`` each (model, seed, criterion, mode) is appended to the log when it
-finishes, and a run with the same log measures only what is not in it yet (so a long
-run can be split, interrupted and resumed; the report is made from all the rows).
+finishes, and a run with the same log measures only what is not in it yet at every
+level asked (so a long run can be split, interrupted and resumed; the report is made
+from all the rows, a level logged twice counted once). The log does not record the
+protocol (epochs, statistics examples): resume a log only with the same options.
 
 The paper's protocol (seed 001, section 4.1, after Han et al. 2015): train the dense
 network, score, prune the least salient p % of the weights and freeze them, retrain.
@@ -140,10 +142,13 @@ def run(args: argparse.Namespace) -> list[dict]:
     test = (data.x_test, data.y_test)
     steps_per_epoch = int(np.ceil(len(data.x_train) / BATCH))
     asked = set(itertools.product(args.models, range(args.seeds), args.criteria, args.modes))
-    logged = [
-        row for row in logged_rows(args.log) if _unit(row) in asked and row["level"] in args.levels
-    ]
-    done = {_unit(row) for row in logged}
+    found: dict[tuple, dict] = {}  # (unit, level) -> row: a level logged twice counts once
+    for row in logged_rows(args.log):
+        if _unit(row) in asked and row["level"] in args.levels:
+            found[(*_unit(row), row["level"])] = row
+    # A unit is done when every level asked is in the log (else it is measured again whole).
+    done = {u for u in asked if all((*u, level) in found for level in args.levels)}
+    logged = [row for row in found.values() if _unit(row) in done]
     rows: list[dict] = []
     if args.report_only:
         return logged

@@ -55,6 +55,10 @@ def test_the_allocation_refuses_what_it_cannot_do():
         allocate_by_curves({"a": ([0, 2, 2], [0.0, 1.0, 2.0])}, 1)
     with pytest.raises(ValueError, match="empty"):
         allocate_by_curves({}, 0)
+    with pytest.raises(ValueError, match="errors be finite"):
+        allocate_by_curves({"a": ([0, 1], [np.inf, np.inf]), "b": ([0, 2], [0.0, 1.0])}, 2)
+    with pytest.raises(ValueError, match="total must be an integer"):
+        allocate_by_curves({"a": ([0, 2], [0.0, 1.0])}, 1.5)
 
 
 def test_the_grid_ends_at_the_most_a_unit_may_lose():
@@ -166,3 +170,33 @@ def test_error_curves_are_refused_where_they_do_not_apply(tiny_mlp_data):
         tsp.prune_once(model, (x, y), 0.5, "magnitude", "global", allocation="dp")
     with pytest.raises(TypeError, match="takes no allocation"):
         tsp.prune_statistically(model, (x, y), "magnitude", allocation="error_curves")
+
+
+def _embedding_model():
+    from tfstatprune._keras import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((4,), dtype="int32"),
+            keras.layers.Embedding(12, 6, name="embed"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(3, activation="softmax", name="out"),
+        ]
+    )
+    model.compile("adam", "sparse_categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 12, size=(64, 4)).astype("int32")
+    return model, (x, (x[:, 0] % 3).astype("int64"))
+
+
+def test_error_curves_refuse_solver_errors_beside_fallback_scores_of_another_scale():
+    model, data = _embedding_model()
+    with pytest.raises(ValueError, match=r"not one scale.*\['embed'\]|\['embed'\].*not one scale"):
+        tsp.prune_once(model, data, 0.5, "obs", "global", allocation="error_curves", verbose=0)
+    pruned = tsp.prune_once(
+        model, data, 0.5, "wald", "global", allocation="error_curves", verbose=0
+    )
+    weights = [pruned.get_layer("embed").embeddings.numpy(), pruned.get_layer("out").kernel.numpy()]
+    total = sum(w.size for w in weights)
+    assert sum(int((w == 0).sum()) for w in weights) == round_half_up(0.5 * total)

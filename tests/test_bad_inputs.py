@@ -214,6 +214,11 @@ def _logits_model(keras_module: Any = keras) -> Any:
     return model
 
 
+def sparse_categorical_crossentropy(y_true: Any, y_pred: Any) -> Any:
+    """A user's loss named like Keras' (it could as well take logits)."""
+    return keras.losses.sparse_categorical_crossentropy(y_true, y_pred)
+
+
 def _keras3() -> Any:
     import keras as keras3
 
@@ -310,6 +315,9 @@ CASES = [
     Case("keras 3, probability loss on logits", lambda m, x, y: tsp.prune_once(
          _logits_model(_keras3()), (x.reshape(N, 16), y), 0.5, "wald", verbose=0),
          ValueError, "the model outputs logits"),
+    Case("own function named like a cross-entropy, exact GGN", lambda m, x, y: tsp.scores(
+         m, (x, y), "wald_block", hessian="ggn_exact", loss=sparse_categorical_crossentropy,
+         verbose=0), ValueError, "not a function of your own"),
     Case("keras 3 model, label 12", lambda m, x, y: tsp.scores(
          _keras3_model(), (x.reshape(N, 16), _labels(y, 5, 12)), verbose=0),
          ValueError, "found [12] at example indices [5]"),

@@ -98,6 +98,7 @@ def _reference_global_floor_masks(scores, sparsity, count, min_kept=1):
     )
     names = list(scores)
     budget = round_half_up(sparsity * sum(a.size for a in scores.values()))
+    without_floors = sum(max(a.size - min_kept, 0) for a in scores.values())
     keep = {name: np.ones(arr.size, bool) for name, arr in scores.items()}
     for _, position, i in entries:
         if budget == 0:
@@ -106,19 +107,27 @@ def _reference_global_floor_masks(scores, sparsity, count, min_kept=1):
         if keep[name].sum() > min_kept:
             keep[name][i] = False
             budget -= 1
+    asked = round_half_up(sparsity * sum(a.size for a in scores.values()))
+    if budget > 0 and asked - budget < min(asked, without_floors):
+        return None  # the floors stop the total: an error
     return {name: keep[name].reshape(arr.shape) for name, arr in scores.items()}
 
 
 def test_global_scope_never_prunes_a_column_floor():
-    # The budget exceeds the unprotected entries: the floor still holds.
-    got = compute_masks(
-        {"k": np.array([[1.0, 2.0], [3.0, 4.0]]), "b": np.array([5.0, 6.0])},
-        0.67,
-        scope="global",
-        keep_per_column={"k": 1},
-    )
+    scores = {"k": np.array([[1.0, 2.0], [3.0, 4.0]]), "b": np.array([5.0, 6.0])}
+    got = compute_masks(scores, 0.5, scope="global", keep_per_column={"k": 1})
     assert got["k"].tolist() == [[False, False], [True, True]]
     assert got["b"].tolist() == [False, True]
+    # 4 of 6 asked, but the floors and b's last weight leave 3: an error, not fewer.
+    with pytest.raises(ValueError, match="column floors"):
+        compute_masks(scores, 0.67, scope="global", keep_per_column={"k": 1})
+
+
+def test_a_column_floor_keeps_the_best_tiebreak_among_equal_scores():
+    scores = {"k": np.array([[0.0, 1.0], [0.0, 2.0]])}
+    ties = {"k": np.array([[0.1, 1.0], [5.0, 1.0]])}
+    got = compute_masks(scores, 0.5, tiebreak=ties, keep_per_column={"k": 1})["k"]
+    assert got.tolist() == [[False, False], [True, True]]  # column 0 keeps |theta| 5.0
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -128,8 +137,12 @@ def test_global_column_floor_matches_a_brute_force_reference(seed):
     count = int(rng.integers(1, 4))
     for sparsity in (0.2, 0.5, 0.8, 0.95):
         floors = {"k": count, "o": count}
-        got = compute_masks(scores, sparsity, scope="global", keep_per_column=floors)
         want = _reference_global_floor_masks(scores, sparsity, count)
+        if want is None:
+            with pytest.raises(ValueError, match="column floors"):
+                compute_masks(scores, sparsity, scope="global", keep_per_column=floors)
+            continue
+        got = compute_masks(scores, sparsity, scope="global", keep_per_column=floors)
         for name in scores:
             np.testing.assert_array_equal(got[name], want[name], err_msg=f"{name} at {sparsity}")
 
@@ -137,8 +150,8 @@ def test_global_column_floor_matches_a_brute_force_reference(seed):
 def test_a_column_floor_outranks_infinite_scores():
     # Column 0's floor is row 0; the +inf in column 1 ties the floor's old +inf stand-in.
     scores = {"k": np.array([[1.0, np.inf], [0.5, np.inf], [0.2, 0.1]])}
-    for scope in ("layer", "global"):
-        got = compute_masks(scores, 0.9, scope=scope, keep_per_column={"k": 1})["k"]
+    for scope, level in (("layer", 0.9), ("global", 0.6)):
+        got = compute_masks(scores, level, scope=scope, keep_per_column={"k": 1})["k"]
         assert got[:, 0].tolist() == [True, False, False], scope
         assert got[:, 1].sum() >= 1, scope
 

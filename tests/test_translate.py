@@ -400,6 +400,39 @@ def test_compiled_loss_object_and_user_data_reach_the_translation(small_cnn):
     )
 
 
+def test_a_keras3_loss_passed_as_loss_is_the_tf_keras_loss_it_names(small_cnn):
+    """``loss=`` a Keras 3 Loss object (its from_logits kept) or built-in function gives the
+    scores of the tf_keras loss of the same name on the translated model."""
+    _, x, y = small_cnn
+    logits = keras3.Sequential(
+        [keras3.Input((8, 8, 1)), L3.Flatten(), L3.Dense(2, name="out")], name="logits2"
+    )
+    translated = tsp.to_tf_keras(logits)
+    want = tsp.scores(
+        translated,
+        (x, y),
+        "wald_block",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        verbose=0,
+    )
+    (want,) = want.values()
+    got = tsp.scores(
+        logits,
+        (x, y),
+        "wald_block",
+        loss=keras3.losses.SparseCategoricalCrossentropy(from_logits=True),
+        verbose=0,
+    )[logits.get_layer("out").kernel.path]
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    softmax = keras3.Sequential(
+        [keras3.Input((8, 8, 1)), L3.Flatten(), L3.Dense(2, activation="softmax", name="out")]
+    )
+    scored = tsp.scores(
+        softmax, (x, y), "wald_block", loss=keras3.losses.sparse_categorical_crossentropy, verbose=0
+    )
+    assert np.isfinite(next(iter(scored.values()))).all()
+
+
 def test_tf_keras_alias_works_in_this_process():
     """``tf.keras`` here is tf_keras (tfmot sets TF_USE_LEGACY_KERAS=1 on import): kept."""
     model = tf.keras.Sequential([tf.keras.Input((3,)), tf.keras.layers.Dense(2, name="fc")])

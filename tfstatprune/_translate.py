@@ -55,6 +55,7 @@ __all__ = [
     "require_tf_keras_model",
     "returns_users_keras",
     "saved_keras_version",
+    "tf_keras_loss",
     "to_keras3",
     "to_tf_keras",
 ]
@@ -522,20 +523,56 @@ def _translate(
 _LOSS_KEYS_DROPPED = ("name", "reduction", "dtype")  # the defaults of both versions
 
 
-def _carry_loss(old: Any, new: Any, source: _Side, target: _Side) -> None:
-    """Compile ``new`` with ``old``'s compiled loss (the statistics use it); else leave it."""
-    loss = getattr(old, "loss", None)
+def _translated_loss(loss: Any, source: _Side, target: _Side) -> Any:
+    """``loss`` in the target Keras: a built-in Loss re-made from its config (its
+    ``from_logits`` kept), a built-in loss function by name; None without a counterpart."""
     if callable(loss) and not isinstance(loss, source.api.losses.Loss):
         loss = getattr(loss, "__name__", None)  # a built-in loss function, by name
     if isinstance(loss, source.api.losses.Loss):
         cls = getattr(target.api.losses, type(loss).__name__, None)
         if cls is None or type(loss).__module__.split(".")[0] != source.package:
-            return
+            return None
         config = {k: v for k, v in loss.get_config().items() if k not in _LOSS_KEYS_DROPPED}
         loss = cls(**config)
     if loss is None or (isinstance(loss, str) and not hasattr(target.api.losses, loss)):
-        return
-    new.compile(loss=loss)
+        return None
+    return loss
+
+
+def _carry_loss(old: Any, new: Any, source: _Side, target: _Side) -> None:
+    """Compile ``new`` with ``old``'s compiled loss (the statistics use it); else leave it."""
+    loss = _translated_loss(getattr(old, "loss", None), source, target)
+    if loss is not None:
+        new.compile(loss=loss)
+
+
+def _keyword_dicts(signature: inspect.Signature, bound: inspect.BoundArguments) -> list[dict]:
+    """The ``**kwargs`` dicts of a bound call (where a ``loss=`` may sit)."""
+    return [
+        bound.arguments[name]
+        for name, p in signature.parameters.items()
+        if p.kind is inspect.Parameter.VAR_KEYWORD and name in bound.arguments
+    ]
+
+
+def tf_keras_loss(loss: Any) -> Any:
+    """A Keras 3 loss (object or built-in function) passed as ``loss=`` as the tf_keras
+    loss the statistics run (anything else as it is).
+
+    Raises:
+      ValueError: a Keras 3 loss with no tf_keras counterpart (a custom class).
+    """
+    function = callable(loss) and getattr(loss, "__module__", "").split(".")[0] == "keras"
+    if not (is_keras3_object(loss) or function):  # a Keras 3 Loss or built-in function
+        return loss
+    translated = _translated_loss(loss, _side(3), _side(2))
+    if translated is None:
+        raise ValueError(
+            f"loss={type(loss).__name__}(...) is a Keras 3 loss without a tf_keras "
+            "counterpart; the statistics run on the tf_keras model: pass a tf_keras loss, a "
+            "built-in loss name, or a function (y_true, y_pred) -> per-example values"
+        )
+    return translated
 
 
 # -------------------------------------------------------- the prediction check
@@ -861,6 +898,9 @@ def returns_users_keras(result: str = "model") -> Callable[[Callable], Callable]
             came = 3 if is_keras3_object(model) or model in _CAME_AS_KERAS3 else 2
             if is_keras3_object(model):
                 bound.arguments["model"] = to_tf_keras(model, bound.arguments.get("stats_data"))
+            for arguments in (bound.arguments, *_keyword_dicts(signature, bound)):
+                if arguments.get("loss") is not None:
+                    arguments["loss"] = tf_keras_loss(arguments["loss"])
             out = fn(*bound.args, **bound.kwargs)
             want = keras_version or came
             if result == "wrapped":

@@ -27,9 +27,10 @@ The contract of :func:`compute_masks`:
 * **Column floors.** ``keep_per_column`` names 2-D scores (kernels ``[in, out]``)
   whose every column (output unit) keeps its ``count`` best-scoring entries; in
   layer scope the floor wins over the exact count (the weight's sparsity is
-  capped at ``1 - count / in``), in global scope the protected entries are
-  never candidates, whatever the budget (the total is then what the other
-  entries can give). :func:`column_floor` says how many.
+  capped at ``1 - count / in``); in global scope the protected entries are
+  never candidates, and a total the other entries cannot give is a
+  ValueError. The protected entries are each column's best live ones in the
+  order below. :func:`column_floor` says how many.
 * **Deterministic order.** Entries are pruned in this order: previously
   pruned first, then entries no column floor protects, then lowest score, then
   lowest ``tiebreak`` value (when given), then (global scope only) the weight's
@@ -324,7 +325,8 @@ def compute_masks(
         names, ``previous``/``tiebreak`` with missing or extra names or a
         different shape, a non-0/1 previous mask, NaN in scores or tiebreak,
         ``min_kept < 1``, a ``max_layer_sparsity`` outside [0, 1) or with
-        ``scope="layer"``, or caps that cannot hold the global total.
+        ``scope="layer"``, or caps or column floors that cannot hold the
+        global total.
 
     >>> masks = compute_masks({"w": np.array([0.3, -2.0, 5.0, 0.1])}, 0.5)
     >>> masks["w"].tolist()
@@ -386,21 +388,21 @@ def compute_masks(
             pruned = np.zeros(arr.shape, dtype=bool)
         else:
             pruned = _previous_pruned(name, previous[name], arr.shape).reshape(arr.shape)
+        if tiebreak is None:
+            tie = np.zeros(arr.shape)
+        else:
+            tie = _as_float_array(name, tiebreak[name], "tiebreak")
+            _check_shape(name, tie, arr.shape, "tiebreak")
         protected = np.zeros(arr.shape, dtype=bool)
         if floors.get(name, 0) > 0:
-            protected = _protected_entries(arr, pruned, floors[name])
+            protected = _protected_entries(arr, pruned, tie, floors[name])
             if scope == "layer":
                 levels[name] = min(levels[name], _floor_cap(arr.shape, floors[name]))
         shapes.append(arr.shape)
         flat_scores.append(arr.reshape(-1))
         flat_pruned.append(pruned.reshape(-1))
         flat_protected.append(protected.reshape(-1))
-        if tiebreak is None:
-            flat_ties.append(np.zeros(arr.size))
-        else:
-            tie = _as_float_array(name, tiebreak[name], "tiebreak")
-            _check_shape(name, tie, arr.shape, "tiebreak")
-            flat_ties.append(tie.reshape(-1))
+        flat_ties.append(tie.reshape(-1))
 
     if scope == "layer":
         flat_keep = [
@@ -425,14 +427,18 @@ def _check_count(value: object, what: str) -> int:
     return int(value)
 
 
-def _protected_entries(scores: np.ndarray, pruned: np.ndarray, count: int) -> np.ndarray:
+def _protected_entries(
+    scores: np.ndarray, pruned: np.ndarray, ties: np.ndarray, count: int
+) -> np.ndarray:
     """True at the ``count`` best entries of each column not pruned before.
 
-    Equal scores: lowest row first. A column with fewer live entries protects those.
+    Best by score, then by ``ties`` (higher first), then lowest row, the order
+    in which :func:`compute_masks` keeps entries. A column with fewer live
+    entries protects those.
     """
     rows = scores.shape[0]
     # Previously pruned entries sort last in their column, and are never protected.
-    order = np.lexsort((-scores, pruned), axis=0)  # stable: equal keys keep row order
+    order = np.lexsort((-ties, -scores, pruned), axis=0)  # stable: equal keys keep row order
     protected = np.zeros(scores.shape, dtype=bool)
     np.put_along_axis(protected, order[: min(count, rows)], True, axis=0)
     return protected & ~pruned
@@ -504,13 +510,14 @@ def _global_keep(
     # global order restricted to it): all but its min_kept best, fewer under a cap, and
     # never fewer than it has already lost (monotonicity wins over min_kept and the cap).
     # Entries a column floor protects (never previously pruned ones) are never candidates.
-    eligible, allowed, uncapped = [], [], []
+    eligible, allowed, uncapped, unfloored = [], [], [], []
     for s, p, t, f in zip(scores, pruned, ties, protected, strict=True):
         rank = np.empty(s.size, dtype=np.int64)
         rank[_prune_order(s, p, t, f)] = np.arange(s.size)
         already = int(np.count_nonzero(p))
         open_ = ~f
         limit = max(s.size - min_kept, 0)
+        unfloored.append(max(limit, already))
         uncapped.append(int(np.count_nonzero(open_ & (rank < max(limit, already)))))
         if cap is not None:
             limit = min(limit, max_pruned_count(s.size, cap))
@@ -519,9 +526,14 @@ def _global_keep(
 
     all_pruned = np.concatenate(pruned)
     n_total = all_pruned.size
-    wanted = min(
-        max(round_half_up(sparsity * n_total), int(np.count_nonzero(all_pruned))), sum(uncapped)
-    )
+    asked = max(round_half_up(sparsity * n_total), int(np.count_nonzero(all_pruned)))
+    if sum(uncapped) < min(asked, sum(unfloored)):  # the floors, not min_kept, stop it
+        raise ValueError(
+            f"global sparsity {sparsity} prunes {asked} of the {n_total} entries, but the "
+            f"column floors (keep_per_column) leave at most {sum(uncapped)} to prune: lower "
+            "the sparsity, or the floors (min_weights_per_class, min_weights_per_unit)."
+        )
+    wanted = min(asked, sum(uncapped))
     if sum(allowed) < wanted:
         raise ValueError(
             f"global sparsity {sparsity} prunes {wanted} of the {n_total} entries, but with "
@@ -884,13 +896,17 @@ def allocate_by_curves(
     ``curves``, then its own order), the last one in part. This is the
     Lagrangian solution of the non-uniform allocation that OBC (Frantar et al.
     2022) and SPDY (Frantar & Alistarh 2022) solve by dynamic programming or
-    search; with convex curves it is exact at every total, not only at the
+    search; with convex curves it is exact at every total of the interpolated
+    curves, not only at the grid.
+
+    The allocation is optimal for the curves as given, linear between their
+    points; how close that is to the errors between the points depends on the
     grid.
 
     Raises:
       ValueError: an empty ``curves``, a curve whose counts do not increase
-        or whose lengths differ, NaN in the errors, or a ``total`` outside
-        ``[sum of first counts, sum of last counts]``.
+        or whose lengths differ, an error that is not finite, or a ``total``
+        that is no integer or outside ``[sum of first counts, sum of last counts]``.
 
     >>> allocate_by_curves({"a": ([0, 2, 4], [0.0, 1.0, 10.0]), "b": ([0, 4], [0.0, 4.0])}, 5)
     {'a': 2, 'b': 3}
@@ -904,14 +920,15 @@ def allocate_by_curves(
         errors = np.asarray(errors, np.float64)
         if counts.ndim != 1 or counts.shape != errors.shape or counts.size == 0:
             raise ValueError(f"curve {name!r}: counts and errors must be 1-D of one length.")
-        if np.any(np.diff(counts) <= 0) or np.isnan(errors).any():
-            raise ValueError(f"curve {name!r}: counts must increase and errors hold no NaN.")
+        if np.any(np.diff(counts) <= 0) or not np.isfinite(errors).all():
+            raise ValueError(f"curve {name!r}: counts must increase and errors be finite.")
         first[name], last[name] = int(counts[0]), int(counts[-1])
         hull = _lower_hull(counts, errors)
         for k, (start, end) in enumerate(itertools.pairwise(hull)):
             length = int(counts[end] - counts[start])
             slope = (errors[end] - errors[start]) / length
             segments.append((slope, position, k, name, length))
+    total = _check_count(total, "total")
     low, high = sum(first.values()), sum(last.values())
     if not low <= total <= high:
         raise ValueError(

@@ -91,8 +91,11 @@ class Update(NamedTuple):
         the criterion's scores: ``sum_j w_j d_j^T A d_j`` with ``d_j`` the
         move of output unit j's ``[I(+1)]`` weights (pruned ones to 0),
         ``A`` the layer's damped input factor and ``w_j`` the column weight
-        of the score (``n / M_jj`` for ``wald_block``; for one pruned weight
-        it equals that weight's score). None: the update does not say.
+        of the score (``n / M_jj`` for ``wald_block``). With the exact
+        restricted estimator it is the least any move with the pruned weights
+        at 0 costs (for one pruned weight: that weight's score); the blocked
+        solver's move, rows before each block frozen, costs more. None: the
+        update does not say.
     """
 
     kernel: np.ndarray

@@ -16,8 +16,12 @@ its restriction after the criterion's update,
 ``w_j`` the criterion's column weight (``n / M_jj``: the Wald statistic of the
 joint hypothesis that the pruned weights of unit j are zero, for
 ``wald_block``; :func:`tfstatprune.criteria.block.joint_error`). Layers without
-an update (the diagonal fallback, criteria without a solver) count the sum of
-the scores they prune, the same statistic with a diagonal covariance. The
+an update count the sum of the scores they prune. For ``wald`` that is the
+diagonal Wald statistic of its fallback (``wald_diag``), the same statistic with
+a diagonal covariance; for a criterion without a solver (``magnitude``) every
+layer counts its scores. A solver criterion whose fallback scores are on another
+scale (``obs``, ``sparsegpt``, ``obc``: their ``obd`` fallback reads the loss's
+curvature, their errors the input factor) cannot mix the two, and says so. The
 allocation is :func:`tfstatprune.masking.allocate_by_curves`.
 """
 
@@ -29,6 +33,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from tfstatprune._keras import keras
+from tfstatprune.criteria.block import WALD_NAMES
 from tfstatprune.keras.config import ALLOCATIONS, MaskSettings, StatsConfig
 from tfstatprune.keras.scoring import (
     MaskUnit,
@@ -98,13 +103,17 @@ def error_curve_levels(
     bounds each curve.
 
     Raises:
-      ValueError: a total above what the floors and caps allow.
+      ValueError: a total above what the floors and caps allow; layers measured
+        by a solver's error beside layers measured by fallback scores, for a
+        criterion other than ``wald`` (their scales differ).
     """
     scoring = score_units(model, units, stats_data, settings.criterion, settings.options, stats)
     criterion = resolve_criterion(settings.criterion, settings.options)
     counts: dict[str, list[int]] = {}
     errors: dict[str, list[float]] = {}
     sizes: dict[str, int] = {}
+    solved: set[str] = set()  # layers whose error is the solver's
+    summed: set[str] = set()  # layers whose error is the sum of their pruned scores
     for unit in units:
         scores = scoring.scores[unit.key]
         size = int(np.size(scores))
@@ -130,11 +139,21 @@ def error_curve_levels(
                 settings.options,
                 keep_per_column=keep_per_column,
             )
-            error = updates.errors.get(unit.key)
+            # One unit updated: its layer's error (a bias unit's too: the kernel is kept).
+            error = next(iter(updates.errors.values()), None)
+            (solved if error is not None else summed).add(unit.layer.name)
             if error is None:
                 error = float(np.sum(np.where(masks[unit.key] == 0, scores, 0.0)))
             counts[unit.key].append(pruned)
             errors[unit.key].append(error)
+    if solved and summed and criterion.name not in WALD_NAMES:
+        raise ValueError(
+            f"allocation='error_curves' compares the layers' errors, but with criterion "
+            f"{criterion.name!r} layers {sorted(solved)} have the solver's error (the input "
+            f"factor's quadratic form) and {sorted(summed)} only their fallback's scores (the "
+            "loss's curvature), not one scale: prune those layers apart (layers=[...]) or "
+            "use criterion='wald'"
+        )
     total = round_half_up(sparsity * sum(sizes.values()))
     most = sum(c[-1] for c in counts.values())
     if total > most:

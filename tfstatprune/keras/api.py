@@ -589,8 +589,14 @@ def _prune_copy(
 
 
 def _curve_levels_line(units: Sequence[MaskUnit], levels: Mapping[str, float]) -> str:
-    """One line: the level error curves chose for each layer."""
-    chosen = ", ".join(f"{u.layer.name} {levels[u.key]:.1%}" for u in units if u.key in levels)
+    """One line: the level error curves chose for each layer (each weight, where a layer
+    has several units)."""
+    layers = [u.layer.name for u in units]
+    chosen = ", ".join(
+        f"{u.layer.name if layers.count(u.layer.name) == 1 else u.key} {levels[u.key]:.1%}"
+        for u in units
+        if u.key in levels
+    )
     return f"[tfstatprune] levels from error curves: {chosen}"
 
 

@@ -22,6 +22,7 @@ from tfstatprune.keras.consistency import (
     UNIT_GRANULARITIES,
     consistent_masks,
     coupled_units,
+    structured_layers,
     update_wrapper_masks,
 )
 from tfstatprune.keras.graph import UnitGraph, trace_units
@@ -209,8 +210,7 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
         examples = 0
         estimators: dict[str, str] = {}
         # Structured masks read the model's graph: traced once per step, not per use.
-        structured = any(w.granularity in UNIT_GRANULARITIES for w in self._wrappers)
-        graph = trace_units(self.model) if structured else None
+        graph = trace_units(self.model) if structured_layers(self._wrappers) else None
         for members in _group_by_settings(due):
             result = self._prune_group(members, step, stats, graph)
             if result.scoring.statistics is not None:
@@ -267,7 +267,7 @@ class StatisticalPruning(pruning_callbacks.UpdatePruningStep):
         floor = {id(w.layer): w.keep_per_unit for w in wrappers}
         coupled = []
         if settings.granularity in UNIT_GRANULARITIES:
-            graph = graph or trace_units(self.model)
+            graph = trace_units(self.model) if graph is None else graph
             coupled = coupled_units(graph, [w.layer.name for w in wrappers])
 
         def write_masks(masks: dict[str, np.ndarray]) -> None:

@@ -51,6 +51,7 @@ __all__ = [
     "Propagation",
     "choose_layers",
     "coupled_units",
+    "structured_layers",
     "dead_units_of",
     "follow_dead_units",
     "update_wrapper_masks",
@@ -179,7 +180,8 @@ def follow_dead_units(
     return Propagation(new_masks, rows)
 
 
-def _structured(wrappers: Sequence[Any]) -> list[str]:
+def structured_layers(wrappers: Sequence[Any]) -> list[str]:
+    """The layers of ``wrappers`` with unit/filter granularity (whose masks read the graph)."""
     return [w.layer.name for w in wrappers if w.granularity in UNIT_GRANULARITIES]
 
 
@@ -197,12 +199,12 @@ def consistent_masks(
     ``graph``: the model's :func:`~tfstatprune.keras.graph.trace_units`, when
     the caller has it (traced here otherwise). Returns the masks named in ``masks``.
     """
-    structured = _structured(wrappers)
+    structured = structured_layers(wrappers)
     if not structured:
         return dict(masks)
     every = {k: v for w in wrappers for k, v in w.current_masks().items()}
     every.update(masks)
-    result = follow_dead_units(graph or trace_units(model), structured, every)
+    result = follow_dead_units(trace_units(model) if graph is None else graph, structured, every)
     return {name: result.masks[name] for name in masks}
 
 
@@ -214,12 +216,12 @@ def update_wrapper_masks(
     Only masks that change are written, each wrapper keeping its recorded
     mask step (see :func:`consistent_masks`, also for ``graph``).
     """
-    structured = _structured(wrappers)
+    structured = structured_layers(wrappers)
     if not structured:
         return
     current = {w.layer.name: w.current_masks() for w in wrappers}
     masks = {k: v for found in current.values() for k, v in found.items()}
-    result = follow_dead_units(graph or trace_units(model), structured, masks)
+    result = follow_dead_units(trace_units(model) if graph is None else graph, structured, masks)
     for wrapper in wrappers:
         changed = {
             name: result.masks[name]

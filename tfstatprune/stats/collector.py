@@ -325,13 +325,16 @@ def collect_statistics(
     if hessian == "ggn" and per_example_loss.sample_labels is None:
         raise ValueError(
             f"hessian='ggn' samples labels from the model's predictions, which needs a "
-            f"cross-entropy loss; the loss is {per_example_loss.name!r}: use hessian='fisher'"
+            f"Keras cross-entropy (a loss object or name, not a function of your own: it may "
+            f"take logits or probabilities); the loss is {per_example_loss.name!r}: use "
+            "hessian='fisher', or pass e.g. loss=SparseCategoricalCrossentropy(from_logits=...)"
         )
     if hessian == "ggn_exact" and per_example_loss.label_distribution is None:
         raise ValueError(
             f"hessian='ggn_exact' enumerates the labels of the model's predictions, which "
-            f"needs a cross-entropy loss; the loss is {per_example_loss.name!r}: "
-            "use hessian='fisher'"
+            f"needs a Keras cross-entropy (a loss object or name, not a function of your own: "
+            f"it may take logits or probabilities); the loss is {per_example_loss.name!r}: use "
+            "hessian='fisher', or pass e.g. loss=SparseCategoricalCrossentropy(from_logits=...)"
         )
     weights = list(model.trainable_weights if weights is None else weights)
     if not weights:

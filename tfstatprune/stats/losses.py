@@ -171,6 +171,10 @@ def resolve_loss(model: keras.Model, loss: Any = None) -> PerExampleLoss:
         fn = type(loss).from_config(config)
     elif callable(loss):
         fn = loss
+        # A function of the user's own may take logits or probabilities, whatever its
+        # name: it is no cross-entropy the statistics can sample or enumerate labels of.
+        if getattr(keras.losses, getattr(loss, "__name__", ""), None) is not loss:
+            return PerExampleLoss(fn, None, name)
     else:
         raise ValueError(f"loss must be a Keras loss, a loss name or a callable, got {loss!r}")
     kind = _CE_KINDS.get(name) or _CE_KINDS.get(getattr(fn, "__name__", ""))

@@ -32,7 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfstatprune._keras import keras
-from tfstatprune.stats.losses import BCE, CE, LOSS_CLASSES, SPARSE_CE
+from tfstatprune.stats.losses import CE, LOSS_CLASSES, SPARSE_CE
 
 __all__ = [
     "FIRST_INDICES",
@@ -229,18 +229,20 @@ def check_probability_outputs(
     and takes their log: a model that outputs logits (no softmax/sigmoid at the
     end) trains badly and its statistics are wrong (curvatures of clipped
     values; the exact GGN enumerates "probabilities" that are negative). The
-    model is run on the first ``PROBABILITY_PROBE`` examples of ``x``.
+    model is run on the first ``PROBABILITY_PROBE`` examples of ``x``; every
+    output is checked.
 
     Raises:
-      ValueError: an output below 0, or above 1 for a binary cross-entropy,
-        with the two fixes.
+      ValueError: an output below 0, or above 1 for a sparse or binary
+        cross-entropy (the categorical one normalises by the sum), with the fixes.
     """
     if kind is None or from_logits:
         return
     head = tf.nest.map_structure(lambda t: t[:PROBABILITY_PROBE], x)
-    out = tf.nest.flatten(model(head, training=False))[0]
-    low, high = float(tf.reduce_min(out)), float(tf.reduce_max(out))
-    too_high = kind == BCE and high > 1.0 + PROBABILITY_SLACK
+    outputs = tf.nest.flatten(model(head, training=False))
+    low = min(float(tf.reduce_min(out)) for out in outputs)
+    high = max(float(tf.reduce_max(out)) for out in outputs)
+    too_high = kind != CE and high > 1.0 + PROBABILITY_SLACK
     if low < -PROBABILITY_SLACK or too_high:
         raise ValueError(
             f"the loss {name!r} reads the model's outputs as probabilities "
