@@ -150,8 +150,13 @@ def run(args: argparse.Namespace) -> list[dict]:
     done = {u for u in asked if all((*u, level) in found for level in args.levels)}
     logged = [row for row in found.values() if _unit(row) in done]
     rows: list[dict] = []
-    if args.report_only:
-        return logged
+    if args.report_only:  # the (model, seed) pairs with every criterion and mode logged
+        whole = {
+            (name, seed)
+            for name, seed in itertools.product(args.models, range(args.seeds))
+            if all((name, seed, c, m) in done for c in args.criteria for m in args.modes)
+        }
+        return [row for row in logged if (row["model"], row["seed"]) in whole]
     for seed, name in itertools.product(range(args.seeds), args.models):  # every model per seed
         units = {(name, seed, c, m) for c in args.criteria for m in args.modes}
         if units <= done:
@@ -328,7 +333,9 @@ def main(argv: list[str] | None = None) -> int:
         "--log", type=Path, default=None, help="JSON lines; resumes from it, appended as it goes"
     )
     parser.add_argument(
-        "--report-only", action="store_true", help="write the report from --log, measure nothing"
+        "--report-only",
+        action="store_true",
+        help="write the report from --log, measure nothing (seeds with every criterion and mode)",
     )
     args = parser.parse_args(argv)
     if args.report_only and args.log is None:
