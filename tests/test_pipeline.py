@@ -123,6 +123,15 @@ def test_global_scope_never_prunes_a_column_floor():
         compute_masks(scores, 0.67, scope="global", keep_per_column={"k": 1})
 
 
+def test_prune_once_refuses_floors_that_cannot_hold_the_global_total_before_statistics():
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3, name="out")])
+    # 5 of 6 asked; one weight per class leaves 3. stats_data=None: the check comes first.
+    with pytest.raises(ValueError, match="column floors"):
+        tsp.prune_once(model, None, 0.9, "wald", "global", verbose=0)
+    pruned = tsp.prune_once(model, None, 0.9, "magnitude", "global", min_weights_per_class=0)
+    assert int((pruned.get_layer("out").kernel.numpy() == 0).sum()) == 5
+
+
 def test_a_column_floor_keeps_the_best_tiebreak_among_equal_scores():
     scores = {"k": np.array([[0.0, 1.0], [0.0, 2.0]])}
     ties = {"k": np.array([[0.1, 1.0], [5.0, 1.0]])}

@@ -545,8 +545,12 @@ def _prune_copy(
     protect = column_floors(
         units, lambda layer: settings.column_floor(output=layer.name in outputs)
     )
-    if masking.max_layer_sparsity is not None:
-        _check_capacity(units, levels[-1], masking.max_layer_sparsity)
+    if (
+        masking.scope == "global"
+        and masking.sparsity_m_by_n is None
+        and (masking.max_layer_sparsity is not None or protect)
+    ):
+        _check_capacity(units, levels[-1], masking.max_layer_sparsity, protect)
     by_name = {k: w for w, k in weight_keys(pruned).items()}
     dense = {k: w.numpy() for k, w in by_name.items()}
     consistent, coupled = None, []
@@ -607,17 +611,25 @@ def _unit_size(unit: MaskUnit) -> int:
     return int(unit.groupings[0].count)
 
 
-def _check_capacity(units: Sequence[MaskUnit], sparsity: float, cap: float) -> None:
-    """Fail before the statistics when the caps cannot hold the global total.
+def _check_capacity(
+    units: Sequence[MaskUnit], sparsity: float, cap: float | None, floors: Mapping[str, int]
+) -> None:
+    """Fail before the statistics when the caps or column floors cannot hold the global
+    total.
 
-    What the caps allow does not depend on the scores, so masks for equal scores
-    raise exactly when the real ones would (the error names the numbers).
+    What they allow does not depend on the scores, so masks for equal scores (in
+    the scores' shapes, which the floors read) raise exactly when the real ones
+    would (the error names the numbers).
     """
+    shapes = {
+        u.key: tuple(u.weights[0].shape) if u.groupings is None else (_unit_size(u),) for u in units
+    }
     compute_masks(
-        {unit.key: np.zeros(_unit_size(unit)) for unit in units},
+        {key: np.zeros(shape) for key, shape in shapes.items()},
         sparsity,
         scope="global",
         max_layer_sparsity=cap,
+        keep_per_column=floors,
     )
 
 
