@@ -62,6 +62,7 @@ __all__ = [
     "DEFAULT_EXACT_FLOPS",
     "DEFAULT_VARIANCE_FLOOR",
     "block_inverse_diagonals",
+    "input_factor",
     "joint_error",
     "obs",
     "obs_scores",
@@ -84,6 +85,11 @@ def _damped(matrix: np.ndarray, damping: float) -> np.ndarray:
     mean_diag = float(np.mean(np.diag(matrix)))
     scale = mean_diag if mean_diag > 0 else 1.0
     return matrix + damping * scale * np.eye(len(matrix))
+
+
+def input_factor(factors: KroneckerFactors, damping: float = DEFAULT_DAMPING) -> np.ndarray:
+    """The layer's damped input factor ``A = E[a~ a~^T] + damping * mean(diag) I``."""
+    return _damped(factors.inputs / max(factors.count, 1), damping)
 
 
 def _ratio_on_free(numerator: np.ndarray, denominator: np.ndarray, free: np.ndarray) -> np.ndarray:
@@ -174,8 +180,7 @@ def block_inverse_diagonals(
     output_damping: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``([A_FF^-1]_kk per column, m_j)`` from the factors, for free sets ``free``."""
-    n = max(factors.count, 1)
-    inv_a = _free_inverse_diagonal(_damped(factors.inputs / n, damping), free)
+    inv_a = _free_inverse_diagonal(input_factor(factors, damping), free)
     _, m = output_variance(
         factors, damping=damping, variance_floor=variance_floor, output_damping=output_damping
     )
@@ -222,8 +227,7 @@ def obs_scores(
     reconstruction error (Dong et al. 2017), as the seed survey writes it.
     """
     theta = _augment(kernel, bias)
-    n = max(factors.count, 1)
-    inv_a = _free_inverse_diagonal(_damped(factors.inputs / n, damping), free)
+    inv_a = _free_inverse_diagonal(input_factor(factors, damping), free)
     return _ratio_on_free(theta**2, 2.0 * inv_a, free)
 
 
@@ -248,9 +252,14 @@ def restricted_update(
       ``(kernel~, bias~)`` with ``theta~_F = A_FF^-1 A_F: theta^`` per column
       and zeros on P.
     """
-    theta = _augment(kernel, bias)
-    n = max(factors.count, 1)
-    a = _damped(factors.inputs / n, damping)
+    out = _restricted(_augment(kernel, bias), input_factor(factors, damping), keep)
+    if bias is None:
+        return out, None
+    return out[:-1], out[-1]
+
+
+def _restricted(theta: np.ndarray, a: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """:func:`restricted_update` on the ``[I(+1), O]`` block ``theta`` and damped ``a``."""
     keep = np.asarray(keep, bool)
     out = np.zeros_like(theta)
     v = None
@@ -267,9 +276,7 @@ def restricted_update(
         else:
             rhs = a[f] @ theta[:, columns]
             out[np.ix_(f, columns)] = np.linalg.solve(a[np.ix_(f, f)], rhs)
-    if bias is None:
-        return out, None
-    return out[:-1], out[-1]
+    return out
 
 
 # --------------------------------------------------------------------------
@@ -373,15 +380,13 @@ def solver_update(
         matrix = _matrix(kernel)
         if factors.has_bias and bias is None:
             bias = np.zeros(matrix.shape[1])
-        new_kernel, new_bias = restricted_update(matrix, bias, factors, keep, damping=damping)
-        with_bias = bias if factors.has_bias else None
-        error = joint_error(
-            _augment(matrix, with_bias),
-            _augment(new_kernel, new_bias if factors.has_bias else None),
-            _damped(factors.inputs / max(factors.count, 1), damping),
-            column_weight,
-        )
-        return Update(new_kernel.reshape(np.shape(kernel)), new_bias, keep, error)
+        theta = _augment(matrix, bias if factors.has_bias else None)
+        a = input_factor(factors, damping)
+        out = _restricted(theta, a, keep)
+        rows = matrix.shape[0]
+        new_bias = out[rows] if factors.has_bias else None
+        error = joint_error(theta, out, a, column_weight)
+        return Update(out[:rows].reshape(np.shape(kernel)), new_bias, keep, error)
 
     def solve(theta: np.ndarray, a: np.ndarray) -> Pruned:
         return solve_layer(
@@ -419,9 +424,8 @@ def layer_update(
     matrix = _matrix(kernel)
     if factors.has_bias and bias is None:
         bias = np.zeros(matrix.shape[1])
-    n = max(factors.count, 1)
     theta = _augment(matrix, bias if factors.has_bias else None)
-    a = _damped(factors.inputs / n, damping)
+    a = input_factor(factors, damping)
     solved = solve(theta, a)
     rows = matrix.shape[0]
     new_bias = solved.theta[rows] if factors.has_bias else None
@@ -502,8 +506,7 @@ def _wald_block_group(
         ids[-1] = groupings[1].ids
     count = groupings[0].count
     n = max(factors.count, 1)
-    a = _damped(factors.inputs / n, damping)
-    a_inv = np.linalg.inv(a)
+    a_inv = np.linalg.inv(input_factor(factors, damping))
     m_full, m = output_variance(
         factors, damping=damping, variance_floor=variance_floor, output_damping=output_damping
     )

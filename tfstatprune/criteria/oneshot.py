@@ -14,9 +14,9 @@ import numpy as np
 
 from tfstatprune.criteria.block import (
     DEFAULT_DAMPING,
-    _damped,
     _factors_of,
     _matrix,
+    input_factor,
     layer_update,
     solver_update,
 )
@@ -90,8 +90,7 @@ def sparsegpt(
     """
     factors = _factors_of(theta, stats, "sparsegpt")
     matrix = _matrix(theta)
-    n = max(factors.count, 1)
-    u = inverse_cholesky(_damped(factors.inputs / n, damping))
+    u = inverse_cholesky(input_factor(factors, damping))
     rows = matrix.shape[0]
     scores = matrix**2 / (np.diag(u)[:rows, None] ** 2)
     return scores.reshape(np.shape(theta))
@@ -151,7 +150,7 @@ def obc(
     """
     factors = _factors_of(theta, stats, "obc")
     matrix = _matrix(theta)
-    a = _damped(factors.inputs / max(factors.count, 1), damping)
+    a = input_factor(factors, damping)
     diagonal = np.diag(np.linalg.inv(a))[: matrix.shape[0]]
     return (matrix**2 / diagonal[:, None]).reshape(np.shape(theta))
 

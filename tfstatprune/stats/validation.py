@@ -214,7 +214,8 @@ def check_finite_weights(named: Mapping[str, tuple[tf.Variable, str]]) -> None:
             )
 
 
-#: Outputs this far below 0 (or above 1 for a binary cross-entropy) are no probabilities.
+#: Outputs this far below 0 (or above 1, but for a categorical cross-entropy) are no
+#: probabilities.
 PROBABILITY_SLACK = 1e-5
 #: Examples of the first chunk the output check runs the model on.
 PROBABILITY_PROBE = 32
