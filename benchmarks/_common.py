@@ -16,6 +16,7 @@ root; these helpers are the parts they would otherwise each write again:
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,6 +25,10 @@ import numpy as np
 
 from tfstatprune import models
 from tfstatprune._keras import keras
+
+#: The line of a results file below which a reading written by hand is kept when
+#: the file's report is regenerated (:func:`publish`).
+KEPT = "<!-- Written by hand below this line; kept when the report is regenerated. -->"
 
 __all__ = [
     "command_line",
@@ -128,13 +133,26 @@ def command_line(script: str, argv: Sequence[str] | None) -> str:
     Example:
       >>> command_line("seed_frontier", ["--seeds", "1"])
       'python -m benchmarks.seed_frontier --seeds 1'
+      >>> command_line("criteria_frontier", ["--variant", "wb 8=wald_block,substeps=8"])
+      "python -m benchmarks.criteria_frontier --variant 'wb 8=wald_block,substeps=8'"
     """
     given = sys.argv[1:] if argv is None else argv
-    return " ".join([f"python -m benchmarks.{script}", *given])
+    return f"python -m benchmarks.{script} {shlex.join(given)}".rstrip()
+
+
+def kept_text(out: Path) -> str:
+    """What ``out`` holds from the line :data:`KEPT` on (a hand-written reading), or ""."""
+    if not out.exists():
+        return ""
+    old = out.read_text()
+    return "" if KEPT not in old else "\n" + old[old.index(KEPT) :]
 
 
 def publish(text: str, out: Path | None, *, figure: str | None = None) -> None:
     """Print a report and, when ``out`` is given, write it there.
+
+    What ``out`` held from the line :data:`KEPT` on (a reading written by hand) is
+    kept after the new report.
 
     Args:
       text: the report (markdown).
@@ -144,4 +162,4 @@ def publish(text: str, out: Path | None, *, figure: str | None = None) -> None:
     """
     print(text)
     if out is not None:
-        out.write_text(text + (figure or ""))
+        out.write_text(text + (figure or "") + kept_text(out))

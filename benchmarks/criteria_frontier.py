@@ -18,6 +18,10 @@ retrains every pruned model R times (other shuffles) and reports the mean.
 ``"wald_block d1=wald_block,damping=1"``; the option ``restricted=false`` keeps
 a block criterion's mask but not its update (the survivors keep their dense
 values). Every variant is compared with magnitude like wald_block.
+
+The report has a table for each scope in ``--scopes``; with ``--retrain-epochs 0``
+each cell is the one-shot accuracy alone. Text in the ``--out`` file below the
+line ``benchmarks._common.KEPT`` (a hand-written reading) is kept when the report is rewritten.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 import tfstatprune as tsp
-from benchmarks._common import compile_and_fit, logged_rows, train_dense
+from benchmarks._common import command_line, compile_and_fit, logged_rows, publish, train_dense
 from tfstatprune import datasets, models
 from tfstatprune._keras import keras
 from tfstatprune.commands import int_at_least
@@ -57,6 +61,7 @@ BATCH = 128
 LEARNING_RATE = 1e-3
 RETRAIN_SEED_STRIDE = 1000  # repeat r of a seed's retraining runs with seed + stride * r
 VARIANT_SYNTAX = "LABEL=CRITERION[,key=value...]"
+FIELDS = ("one_shot", "retrained")  # test accuracy without / after retraining
 
 
 def parse_variant(text: str) -> tuple[str, tuple[str, dict]]:
@@ -242,7 +247,16 @@ def _grid(first: str, labels: list[str], sparsities: list[float], cell) -> list[
     return lines
 
 
-def table(rows: list[dict], scope: str, sparsities: list[float], criteria: list[str]) -> str:
+def table(
+    rows: list[dict],
+    scope: str,
+    sparsities: list[float],
+    criteria: list[str],
+    fields: tuple[str, ...] = FIELDS,
+) -> str:
+    """A markdown table of one scope: mean ± std over seeds of each of ``fields``
+    (``one_shot``, ``retrained``), joined by " / " in a cell."""
+
     def cell(label: str, s: float) -> str:
         picked = [
             r
@@ -251,15 +265,22 @@ def table(rows: list[dict], scope: str, sparsities: list[float], criteria: list[
         ]
         if not picked:
             return ""
-        one = np.array([r["one_shot"] for r in picked]) * 100
-        re = np.array([r["retrained"] for r in picked]) * 100
-        return f"{one.mean():.1f} ± {one.std():.1f} / {re.mean():.1f} ± {re.std():.1f}"
+        parts = []
+        for field in fields:
+            values = np.array([r[field] for r in picked]) * 100
+            parts.append(f"{values.mean():.1f} ± {values.std():.1f}")
+        return " / ".join(parts)
 
     return "\n".join(_grid("criterion", criteria, sparsities, cell))
 
 
 def paired_gap(
-    rows: list[dict], sparsities: list[float], ours: str = "wald_block", base: str = "magnitude"
+    rows: list[dict],
+    sparsities: list[float],
+    ours: str = "wald_block",
+    base: str = "magnitude",
+    scopes: tuple[str, ...] = SCOPES,
+    fields: tuple[str, ...] = FIELDS,
 ) -> list[str]:
     """Lines of a table: ``ours - base`` per seed (same dense model), mean ± std, in points.
 
@@ -290,20 +311,34 @@ def paired_gap(
         ]
         if not pairs:
             return ""
-        return " / ".join(figure(pairs, field) for field in ("one_shot", "retrained"))
+        return " / ".join(figure(pairs, field) for field in fields)
 
-    return _grid("scope", list(SCOPES), sparsities, cell)
+    return _grid("scope", list(scopes), sparsities, cell)
 
 
-def plot(rows: list[dict], sparsities: list[float], criteria: list[str], path: Path) -> None:
+def plot(
+    rows: list[dict],
+    sparsities: list[float],
+    criteria: list[str],
+    path: Path,
+    scopes: tuple[str, ...] = SCOPES,
+    fields: tuple[str, ...] = FIELDS,
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8), sharex=True, sharey=True)
-    for col, scope in enumerate(SCOPES):
-        for row_index, field in enumerate(("one_shot", "retrained")):
+    fig, axes = plt.subplots(
+        len(fields),
+        len(scopes),
+        figsize=(5.5 * len(scopes), 4 * len(fields)),
+        sharex=True,
+        sharey=True,
+        squeeze=False,
+    )
+    for col, scope in enumerate(scopes):
+        for row_index, field in enumerate(fields):
             ax = axes[row_index][col]
             for label in criteria:
                 means = []
@@ -362,46 +397,80 @@ def main(argv: list[str] | None = None) -> None:
     labels = [label for label, _ in args.variant]
     if len(set(labels)) < len(labels):
         parser.error(f"--variant labels must differ, got {labels}")
+    unknown = sorted(set(args.scopes.split(",")) - set(SCOPES))
+    if unknown:
+        parser.error(f"--scopes takes {', '.join(SCOPES)} (comma-separated), got {unknown}")
     if args.quick:
         args.seeds, args.epochs, args.retrain_epochs = 1, 1, 1
         args.sparsities = [0.9, 0.95]
         args.log = str(Path(args.cache) / "quick.jsonl")
     Path(args.log).parent.mkdir(parents=True, exist_ok=True)
     rows = run(args)
+    scopes = tuple(args.scopes.split(","))
+    fields = FIELDS[:1] if args.retrain_epochs == 0 else FIELDS
     criteria = [*args.criteria.split(","), *dict(args.variant)]
-    text = [
-        "# One-shot pruning of LeNet-300-100: criteria compared",
-        "",
-        f"Command: `python -m benchmarks.criteria_frontier {' '.join(given)}`".rstrip(),
-        "",
-        f"LeNet-300-100, L2 {L2}, trained {args.epochs} epochs (Adam, batch {BATCH}) per seed; "
-        f"{args.seeds} seed(s); statistics on {STATS_EXAMPLES} training examples; biases kept; "
-        "test accuracy (%) on the 10k MNIST test images, mean ± std over seeds, "
-        f"**without retraining / after {args.retrain_epochs} epochs of retraining** "
+    out = Path(args.out) if args.out else None
+    publish(report(rows, args, given, criteria, scopes, fields), out)
+    if out is not None:
+        plot(rows, args.sparsities, criteria, out.with_suffix(".png"), scopes, fields)
+
+
+def report(
+    rows: list[dict],
+    args: argparse.Namespace,
+    given: list[str],
+    criteria: list[str],
+    scopes: tuple[str, ...],
+    fields: tuple[str, ...],
+) -> str:
+    """The markdown report: one table per scope run, the paired gaps, the dense accuracy.
+
+    With ``fields == ("one_shot",)`` (no retraining) each cell is one number.
+    """
+    measured = (
+        "**without retraining**"
+        if fields == FIELDS[:1]
+        else f"**without retraining / after {args.retrain_epochs} epochs of retraining** "
         "(masks held"
         + (
             f"; mean of {args.retrain_repeats} retraining runs with different shuffles"
             if args.retrain_repeats > 1
             else ""
         )
-        + ").",
+        + ")"
+    )
+    text = [
+        "# One-shot pruning of LeNet-300-100: criteria compared",
+        "",
+        f"Command: `{command_line('criteria_frontier', given)}`",
+        "",
+        f"LeNet-300-100, L2 {L2}, trained {args.epochs} epochs (Adam, batch {BATCH}) per seed; "
+        f"{args.seeds} seed(s); statistics on {STATS_EXAMPLES} training examples; biases kept; "
+        "test accuracy (%) on the 10k MNIST test images, mean ± std over seeds, "
+        f"{measured}.",
         "",
     ]
-    for scope in SCOPES:
-        text += [f"## {scope} scope", "", table(rows, scope, args.sparsities, criteria), ""]
+    for scope in scopes:
+        text += [f"## {scope} scope", "", table(rows, scope, args.sparsities, criteria, fields), ""]
+    which = "without / after retraining" if len(fields) > 1 else "without retraining"
     for ours in ["wald_block", *dict(args.variant)]:
-        gap = paired_gap(rows, args.sparsities, ours=ours)
+        gap = paired_gap(rows, args.sparsities, ours=ours, scopes=scopes, fields=fields)
         if len(gap) < 3 or not any(c.strip() for line in gap[2:] for c in line.split("|")[2:]):
             continue
         text += [
             f"## {ours} minus magnitude",
             "",
             "Accuracy difference in points, paired by seed (same dense model), mean ± std, "
-            "without / after retraining; **<** marks a mean below magnitude; (p ...): one-sided "
+            f"{which}; **<** marks a mean below magnitude; (p ...): one-sided "
             f"McNemar test of {ours} being less accurate, the paired test predictions of all "
             "seeds pooled (small p: significantly worse). The test takes the pruned models as "
-            "given: it covers the sampling of test images, not the randomness of retraining "
-            "(which shuffle a model is retrained with); `--retrain-repeats` averages over that.",
+            "given: it covers the sampling of test images"
+            + (
+                ", not the randomness of retraining (which shuffle a model is retrained with); "
+                "`--retrain-repeats` averages over that."
+                if len(fields) > 1
+                else "."
+            ),
             "",
             *gap,
             "",
@@ -409,12 +478,7 @@ def main(argv: list[str] | None = None) -> None:
     dense = [r["dense"] for r in rows if r["criterion"] == criteria[0]]
     if dense:
         text.append(f"Dense test accuracy: {np.mean(dense) * 100:.2f} % (mean over seeds).")
-    report = "\n".join(text) + "\n"
-    print(report)
-    if args.out:
-        out = Path(args.out)
-        out.write_text(report)
-        plot(rows, args.sparsities, criteria, out.with_suffix(".png"))
+    return "\n".join(text) + "\n"
 
 
 if __name__ == "__main__":

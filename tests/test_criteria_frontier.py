@@ -77,3 +77,45 @@ def test_two_variants_under_one_label_are_refused(benchmark_script, capsys):
     with pytest.raises(SystemExit):
         benchmark_script.main(["--variant", "v=wald_block", "--variant", "v=obs,damping=1"])
     assert "--variant labels must differ" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("retrain_epochs", [0, 2])
+def test_report_has_only_the_scopes_run_and_one_number_without_retraining(
+    benchmark_script, retrain_epochs
+):
+    rows = [
+        dict(
+            seed=0,
+            criterion=c,
+            scope="layer",
+            sparsity=0.9,
+            dense=0.98,
+            one_shot=one,
+            retrained=0.97 if retrain_epochs else one,
+        )
+        for c, one in (("magnitude", 0.60), ("wald_block", 0.95))
+    ]
+    args = argparse.Namespace(
+        seeds=1, epochs=8, retrain_epochs=retrain_epochs, retrain_repeats=1, sparsities=[0.9]
+    )
+    args.variant, given = [], ["--retrain-epochs", str(retrain_epochs)]
+    fields = benchmark_script.FIELDS[:1] if retrain_epochs == 0 else benchmark_script.FIELDS
+    text = benchmark_script.report(
+        rows, args, given, ["magnitude", "wald_block"], ("layer",), fields
+    )
+    assert "## layer scope" in text and "global" not in text
+    row = next(line for line in text.splitlines() if line.startswith("| wald_block |"))
+    gap = next(line for line in text.splitlines() if line.startswith("| layer |"))
+    if retrain_epochs == 0:
+        assert row == "| wald_block | 95.0 ± 0.0 |"
+        assert gap == "| layer | +35.00 ± 0.00 |"
+        assert "**without retraining**" in text and "after 0 epochs" not in text
+    else:
+        assert row == "| wald_block | 95.0 ± 0.0 / 97.0 ± 0.0 |"
+        assert "after 2 epochs of retraining" in text
+
+
+def test_an_unknown_scope_is_refused_before_any_run(benchmark_script, capsys):
+    with pytest.raises(SystemExit):
+        benchmark_script.main(["--scopes", "layer,globl"])
+    assert "--scopes takes layer, global" in capsys.readouterr().err
