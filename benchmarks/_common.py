@@ -49,6 +49,12 @@ def logged_rows(log: Path | None) -> list[dict]:
     return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
 
 
+def append_row(log: Path, row: dict) -> None:
+    """Append ``row`` to ``log`` as one JSON line (what :func:`logged_rows` reads back)."""
+    with log.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
 def say(message: str) -> None:
     """Print a progress line (``== message``) after a blank line, flushed."""
     print(f"\n== {message}", flush=True)

@@ -35,7 +35,14 @@ from pathlib import Path
 import numpy as np
 
 import tfstatprune as tsp
-from benchmarks._common import command_line, compile_and_fit, logged_rows, publish, train_dense
+from benchmarks._common import (
+    append_row,
+    command_line,
+    compile_and_fit,
+    logged_rows,
+    publish,
+    train_dense,
+)
 from tfstatprune import datasets, models
 from tfstatprune._keras import keras
 from tfstatprune.commands import int_at_least
@@ -226,8 +233,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                     else:
                         row["retrained_runs"] = [float(run.mean()) for run in runs]
                     rows.append(row)
-                    with log.open("a") as f:
-                        f.write(json.dumps(row) + "\n")
+                    append_row(log, row)
                     print(
                         f"seed {seed} {label:>14} {scope:>6} {sparsity:.2f}: "
                         f"{row['one_shot']:.4f} -> {row['retrained']:.4f} ({seconds:.1f} s)",

@@ -22,14 +22,13 @@ appended to a JSON-lines log as they come (a rerun skips what is done).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from pathlib import Path
 
 import tfstatprune as tsp
-from benchmarks._common import command_line, logged_rows, publish, say
+from benchmarks._common import append_row, command_line, logged_rows, publish, say
 from benchmarks.criteria_frontier import L2, accuracy, dense_model
 from benchmarks.stats_cost import environment
 from tfstatprune import datasets
@@ -125,8 +124,7 @@ def run(args: argparse.Namespace) -> tuple[list[dict], float]:
                     seconds=time.perf_counter() - started,
                 )
                 rows.append(row)
-                with log.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
+                append_row(log, row)
                 levels = ", ".join(f"{k} {v:.1%}" for k, v in row["levels"].items())
                 print(
                     f"{criterion:>10} {sparsity:.2f} {label(scope, cap):>17}: "

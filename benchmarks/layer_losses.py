@@ -23,7 +23,6 @@ as they come (a rerun skips what is done).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 import tfstatprune as tsp
-from benchmarks._common import command_line, logged_rows, publish, say
+from benchmarks._common import append_row, command_line, logged_rows, publish, say
 from benchmarks.criteria_frontier import (
     CRITERIA,
     L2,
@@ -95,8 +94,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                         seconds=time.perf_counter() - started,
                     )
                     rows.append(row)
-                    with log.open("a") as f:
-                        f.write(json.dumps(row) + "\n")
+                    append_row(log, row)
                     print(
                         f"seed {seed} {label:>14} {sparsity:.2f} {layer:>10}: "
                         f"{row['one_shot']:.4f} ({row['seconds']:.1f} s)",

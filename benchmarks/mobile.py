@@ -63,7 +63,15 @@ from typing import NamedTuple
 import numpy as np
 
 import tfstatprune as tsp
-from benchmarks._common import command_line, compile_and_fit, logged_rows, publish, say, subset
+from benchmarks._common import (
+    append_row,
+    command_line,
+    compile_and_fit,
+    logged_rows,
+    publish,
+    say,
+    subset,
+)
 from tflite_export import benchmark, export
 from tfstatprune import datasets, models
 from tfstatprune._keras import keras
@@ -278,12 +286,6 @@ def row_key(row: dict) -> Key:
     return row["model"], row["granularity"], row["level"], row["criterion"]
 
 
-def append(log: Path, row: dict) -> None:
-    """Write one row to the log at once (a later crash keeps it)."""
-    with log.open("a") as f:
-        f.write(json.dumps(row) + "\n")
-
-
 def load_average() -> float:
     """The 1-minute load average."""
     return round(os.getloadavg()[0], 2)
@@ -471,7 +473,7 @@ def run(config: Config, log: Path, budget_minutes: float | None = None) -> list[
             logged = next((r for r in rows if r["kind"] == "dense" and r["model"] == name), None)
             dense[name], row = dense_model(name, config, data, cache, logged)
             if logged is None:
-                append(log, row)
+                append_row(log, row)
                 rows.append(row)
                 new += 1
                 print(
@@ -481,7 +483,7 @@ def run(config: Config, log: Path, budget_minutes: float | None = None) -> list[
                 )
         say(" ".join(str(v) for v in key))
         row = prune_row(dense[name], key, config, data, cache / f"{name}.tflite", work)
-        append(log, row)
+        append_row(log, row)
         rows.append(row)
         done.add(key)
         new += 1
@@ -500,7 +502,7 @@ def run(config: Config, log: Path, budget_minutes: float | None = None) -> list[
             load_before=load_before,
             load_after=load_average(),
         )
-        append(log, row)
+        append_row(log, row)
         rows.append(row)
     return rows
 
