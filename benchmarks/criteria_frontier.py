@@ -242,6 +242,18 @@ def run(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def parse_pair(text: str) -> tuple[str, str]:
+    """``"OURS vs BASE"`` as ``(OURS, BASE)``.
+
+    >>> parse_pair("wald_block + refit vs obs + refit")
+    ('wald_block + refit', 'obs + refit')
+    """
+    ours, sep, base = text.partition(" vs ")
+    if not sep or not ours.strip() or not base.strip():
+        raise argparse.ArgumentTypeError(f"expected 'OURS vs BASE', got {text!r}")
+    return ours.strip(), base.strip()
+
+
 def _grid(first: str, labels: list[str], sparsities: list[float], cell) -> list[str]:
     """Markdown table lines: one row per label, one column per sparsity, ``cell(label, s)``."""
     lines = [
@@ -393,6 +405,14 @@ def main(argv: list[str] | None = None) -> None:
         help="add a criterion with options under its own label (repeatable); "
         "restricted=false keeps a block criterion's mask without its update",
     )
+    parser.add_argument(
+        "--pair",
+        type=parse_pair,
+        action="append",
+        default=[],
+        metavar="OURS vs BASE",
+        help="also tabulate criterion OURS minus BASE (labels as reported; repeatable)",
+    )
     parser.add_argument("--scopes", default=",".join(SCOPES))
     parser.add_argument("--cache", default="runs/criteria_frontier")
     parser.add_argument("--log", default="runs/criteria_frontier/results.jsonl")
@@ -403,6 +423,10 @@ def main(argv: list[str] | None = None) -> None:
     labels = [label for label, _ in args.variant]
     if len(set(labels)) < len(labels):
         parser.error(f"--variant labels must differ, got {labels}")
+    known = {*args.criteria.split(","), *labels}
+    for pair in args.pair:
+        if not set(pair) <= known:
+            parser.error(f"--pair names criteria not run: {sorted(set(pair) - known)}")
     unknown = sorted(set(args.scopes.split(",")) - set(SCOPES))
     if unknown:
         parser.error(f"--scopes takes {', '.join(SCOPES)} (comma-separated), got {unknown}")
@@ -459,15 +483,16 @@ def report(
     for scope in scopes:
         text += [f"## {scope} scope", "", table(rows, scope, args.sparsities, criteria, fields), ""]
     which = "without / after retraining" if len(fields) > 1 else "without retraining"
-    for ours in ["wald_block", *dict(args.variant)]:
-        gap = paired_gap(rows, args.sparsities, ours=ours, scopes=scopes, fields=fields)
+    pairs = [(ours, "magnitude") for ours in ["wald_block", *dict(args.variant)]]
+    for ours, base in pairs + args.pair:
+        gap = paired_gap(rows, args.sparsities, ours, base, scopes=scopes, fields=fields)
         if len(gap) < 3 or not any(c.strip() for line in gap[2:] for c in line.split("|")[2:]):
             continue
         text += [
-            f"## {ours} minus magnitude",
+            f"## {ours} minus {base}",
             "",
             "Accuracy difference in points, paired by seed (same dense model), mean ± std, "
-            f"{which}; **<** marks a mean below magnitude; (p ...): one-sided "
+            f"{which}; **<** marks a mean below {base}; (p ...): one-sided "
             f"McNemar test of {ours} being less accurate, the paired test predictions of all "
             "seeds pooled (small p: significantly worse). The test takes the pruned models as "
             "given: it covers the sampling of test images"

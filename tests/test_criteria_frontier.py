@@ -98,12 +98,14 @@ def test_report_has_only_the_scopes_run_and_one_number_without_retraining(
     args = argparse.Namespace(
         seeds=1, epochs=8, retrain_epochs=retrain_epochs, retrain_repeats=1, sparsities=[0.9]
     )
-    args.variant, given = [], ["--retrain-epochs", str(retrain_epochs)]
+    args.variant, args.pair = [], [("wald_block", "wald_block")]
+    given = ["--retrain-epochs", str(retrain_epochs)]
     fields = benchmark_script.FIELDS[:1] if retrain_epochs == 0 else benchmark_script.FIELDS
     text = benchmark_script.report(
         rows, args, given, ["magnitude", "wald_block"], ("layer",), fields
     )
     assert "## layer scope" in text and "global" not in text
+    assert "## wald_block minus wald_block" in text  # a --pair
     row = next(line for line in text.splitlines() if line.startswith("| wald_block |"))
     gap = next(line for line in text.splitlines() if line.startswith("| layer |"))
     if retrain_epochs == 0:
@@ -119,3 +121,12 @@ def test_an_unknown_scope_is_refused_before_any_run(benchmark_script, capsys):
     with pytest.raises(SystemExit):
         benchmark_script.main(["--scopes", "layer,globl"])
     assert "--scopes takes layer, global" in capsys.readouterr().err
+
+
+def test_a_pair_is_tabulated_and_a_pair_of_criteria_not_run_is_refused(benchmark_script, capsys):
+    assert benchmark_script.parse_pair("a + r vs b") == ("a + r", "b")
+    with pytest.raises(argparse.ArgumentTypeError, match="OURS vs BASE"):
+        benchmark_script.parse_pair("a versus b")
+    with pytest.raises(SystemExit):
+        benchmark_script.main(["--criteria", "magnitude,obs", "--pair", "obs vs sparsegpt"])
+    assert "--pair names criteria not run: ['sparsegpt']" in capsys.readouterr().err

@@ -14,6 +14,7 @@ from tfstatprune.keras.callbacks import StatisticalPruning, callbacks
 from tfstatprune.keras.history import WeightHistory
 from tfstatprune.keras.loading import load_model
 from tfstatprune.keras.recalibration import Recalibration, recalibrate_batchnorm
+from tfstatprune.keras.refit import Refit, refit_output_layer
 from tfstatprune.keras.report import SparsityReport, sparsity_report
 from tfstatprune.keras.sensitivity import SensitivityRegularization
 from tfstatprune.keras.threshold import prune_by_threshold
@@ -36,6 +37,8 @@ __all__ = [
     "prune_statistically",
     "recalibrate_batchnorm",
     "Recalibration",
+    "refit_output_layer",
+    "Refit",
     "scores",
     "sparsity_report",
     "strip_pruning",

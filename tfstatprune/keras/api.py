@@ -36,6 +36,7 @@ from tfstatprune.keras.recalibration import (
     has_examples,
     recalibrate_batchnorm,
 )
+from tfstatprune.keras.refit import output_dense, refit_output_layer
 from tfstatprune.keras.scoring import MaskUnit, mask_units, resolve_criterion, score_units
 from tfstatprune.keras.step import column_floors, multiply_masks, prune_step
 from tfstatprune.keras.wrapper import (
@@ -372,6 +373,7 @@ def prune_once(
     substeps: int | None = None,
     recalibrate_batchnorm: bool | None = None,
     allocation: str = "threshold",
+    refit_output: bool = False,
     holdout: Any = None,
     alpha: float = DEFAULT_ALPHA,
     loss: Any = None,
@@ -445,6 +447,14 @@ def prune_once(
         batch normalization). None (default): when the model has such layers
         (a CNN) and ``stats_data`` holds examples; True: always (an error
         without examples); False: never (the statistics stay the dense model's).
+      refit_output: after pruning (and ``recalibrate_batchnorm``), set the
+        surviving weights of the model's output Dense layer to the restricted
+        minimiser of the loss on ``stats_data`` (its first ``max_examples``),
+        its inputs held and its zeros kept: convex for a cross-entropy on a
+        softmax/sigmoid, solved by L-BFGS (:func:`tfstatprune.refit_output_layer`,
+        where the block criteria's update takes one quadratic step). A fit of
+        that layer's weights on the examples, no other layer moves; default
+        False. Measured in docs/results/refit_output.md.
       holdout: ``(x, y)`` held-out data for ``sparsity="auto"``.
       alpha: the test level for ``sparsity="auto"``.
       loss: per-example loss (default: the compiled loss).
@@ -481,6 +491,7 @@ def prune_once(
         substeps=substeps,
         recalibrate_batchnorm=recalibrate_batchnorm,
         allocation=allocation,
+        refit_output=refit_output,
         loss=loss,
         max_examples=max_examples,
         batch_size=batch_size,
@@ -522,6 +533,12 @@ def _prune_copy(
             "stats_data=(x, y) (or a tf.data.Dataset of (x, y) batches), or leave "
             "recalibrate_batchnorm=None"
         )
+    if settings.refit_output and not has_examples(stats_data):
+        raise ValueError(
+            "refit_output=True fits the output layer on the examples of stats_data, but "
+            f"stats_data is {type(stats_data).__name__}: pass stats_data=(x, y) (or a "
+            "tf.data.Dataset of (x, y) batches), or leave refit_output=False"
+        )
     masking = settings.masks
     crit = resolve_criterion(masking.criterion, masking.options)
     substeps = settings.substeps
@@ -537,6 +554,8 @@ def _prune_copy(
         substeps = DEFAULT_SUBSTEPS if crit.update is not None else 1
     levels = _substep_levels(check_sparsity(sparsity), substeps)
     pruned = copy_model(model)
+    if settings.refit_output:
+        output_dense(pruned)  # a model it cannot refit fails before the statistics
     if stats.loss is None:  # the copy is not compiled
         stats = dataclasses.replace(stats, loss=getattr(model, "loss", None))
     chosen = choose_layers(pruned, settings.layers, masking.granularity)
@@ -589,6 +608,16 @@ def _prune_copy(
     if masking.scope == "global" and stats.verbose and masks is not None:
         print(_global_levels_line(units, masks, masking.max_layer_sparsity))
     _recalibrate_after_pruning(pruned, [u.layer for u in units], stats_data, settings, stats)
+    if settings.refit_output:
+        done = refit_output_layer(
+            pruned,
+            stats_data,
+            loss=stats.loss,
+            max_examples=stats.max_examples,
+            batch_size=stats.batch_size,
+        )
+        if stats.verbose:
+            print(f"[tfstatprune] {done}")
     return pruned
 
 

@@ -196,6 +196,9 @@ class PruneSettings:
       allocation: global scope's per-layer levels: ``"threshold"`` (one
         threshold over the scores) or ``"error_curves"`` (from each layer's
         error curve, :mod:`tfstatprune.keras.allocation`; elementwise masks).
+      refit_output: after pruning, refit the output Dense layer's surviving
+        weights to its restricted minimiser on the statistics' examples
+        (:mod:`tfstatprune.keras.refit`).
 
     Raises:
       ValueError: ``recalibrate_batchnorm`` not None, True or False; an
@@ -210,8 +213,11 @@ class PruneSettings:
     substeps: int | None = None
     recalibrate_batchnorm: bool | None = None
     allocation: str = "threshold"
+    refit_output: bool = False
 
     def __post_init__(self) -> None:
+        if self.refit_output not in (True, False):
+            raise ValueError(f"refit_output must be True or False, got {self.refit_output!r}")
         if self.recalibrate_batchnorm not in (None, True, False):
             raise ValueError(
                 "recalibrate_batchnorm must be None (when the model has BatchNormalization "
@@ -258,10 +264,18 @@ _PRUNE_ARGUMENTS = (
     "substeps",
     "recalibrate_batchnorm",
     "allocation",
+    "refit_output",
 )
 #: Arguments of a one-shot pruning that a wrapped model pruned while it trains, or
 #: the scores alone, have no use for (refused there by name).
-ONE_SHOT_ARGUMENTS = ("substeps", "recalibrate_batchnorm", "allocation", "holdout", "alpha")
+ONE_SHOT_ARGUMENTS = (
+    "substeps",
+    "recalibrate_batchnorm",
+    "allocation",
+    "refit_output",
+    "holdout",
+    "alpha",
+)
 #: The valid values of ``prune_once(..., allocation=...)``: one threshold over the
 #: scores (global scope's rule), or levels from per-layer error curves.
 ALLOCATIONS = ("threshold", "error_curves")
@@ -274,7 +288,8 @@ def settings_from_arguments(**arguments: Any) -> tuple[PruneSettings, StatsConfi
     The names are those of :func:`tfstatprune.prune_once` (``criterion``,
     ``scope``, ``granularity``, ``prune_bias``, ``sparsity_m_by_n``,
     ``max_layer_sparsity``, ``layers``, ``min_weights_per_class``,
-    ``min_weights_per_unit``, ``substeps``, ``recalibrate_batchnorm``, ``allocation``, ``loss``,
+    ``min_weights_per_unit``, ``substeps``, ``recalibrate_batchnorm``, ``allocation``,
+    ``refit_output``, ``loss``,
     ``max_examples``, ``batch_size``, ``seed``, ``verbose``, ``skip_nonfinite``);
     a missing one takes the objects' default.
 
