@@ -271,7 +271,43 @@ def report(rows: list[dict], args: argparse.Namespace, command: str) -> str:
                 ]
                 cells.append(_cell(found) if found else "-")
             lines.append(f"| {mode} | {criterion} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + ["", *loss_table(rows, args)]) + "\n"
+
+
+def loss_table(rows: list[dict], args: argparse.Namespace, level: float = FIG4_LEVEL) -> list[str]:
+    """Fig. 4 in numbers: per model and mode, each criterion's running mean of the training
+    loss at the first and at the last batch of the retraining at ``level`` (mean over seeds).
+
+    >>> rows = [dict(model="m", mode="one-shot", criterion="c", level=0.9, losses=[2.0, 0.5]),
+    ...         dict(model="m", mode="one-shot", criterion="c", level=0.9, losses=[1.0, 0.1])]
+    >>> args = argparse.Namespace(models=["m"], modes=["one-shot"], criteria=["c"])
+    >>> loss_table(rows, args)[-1]
+    '| m | one-shot | 1.500 → 0.300 |'
+    """
+    lines = [
+        f"Fig. 4 in numbers: the running mean of the training loss at the first batch of the "
+        f"retraining at {100 * level:g} % and at its last, mean over the seeds.",
+        "",
+        "| model | mode | " + " | ".join(args.criteria) + " |",
+        "|:--|:--|" + ":--|" * len(args.criteria),
+    ]
+    for name, mode in itertools.product(args.models, args.modes):
+        cells = []
+        for criterion in args.criteria:
+            curves = [
+                r["losses"]
+                for r in rows
+                if (r["model"], r["mode"], r["criterion"], r["level"])
+                == (name, mode, criterion, level)
+                and r.get("losses")
+            ]
+            if not curves:
+                cells.append("-")
+                continue
+            first, last = (statistics.mean(c[i] for c in curves) for i in (0, -1))
+            cells.append(f"{first:.3f} → {last:.3f}")
+        lines.append(f"| {name} | {mode} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def plot(rows: list[dict], args: argparse.Namespace, path: Path) -> None:
