@@ -145,3 +145,18 @@ def test_too_few_examples_per_free_weight_is_an_error_not_a_memorised_fit():
         model, (x, y), loss="sparse_categorical_crossentropy", max_examples=few + 1
     )
     assert done.examples == few + 1
+
+
+def test_an_interrupted_fit_leaves_the_layer_as_it_was(monkeypatch):
+    model, x, y = _classifier()
+    before = [w.copy() for w in model.get_layer("out").get_weights()]
+
+    def interrupted(fun, theta, **kwargs):
+        fun(theta + 1.0)  # the variables now hold other values
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("scipy.optimize.minimize", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tsp.refit_output_layer(model, (x, y), loss="sparse_categorical_crossentropy")
+    for a, b in zip(before, model.get_layer("out").get_weights(), strict=True):
+        assert np.array_equal(a, b)

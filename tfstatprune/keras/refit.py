@@ -228,15 +228,19 @@ def refit_output_layer(
             f"the loss of model {model.name!r} on data is {before} before the refit: "
             "look for NaN/Inf in the examples or the weights"
         )
-    result = scipy.optimize.minimize(
-        value_and_grad,
-        theta0,
-        jac=True,
-        method="L-BFGS-B",
-        # Tolerances at float32's resolution of the loss and its gradient.
-        options={"maxiter": int(max_iterations), "ftol": 1e-10, "gtol": 1e-7},
-    )
-    after, _ = value_and_grad(result.x)
+    try:
+        result = scipy.optimize.minimize(
+            value_and_grad,
+            theta0,
+            jac=True,
+            method="L-BFGS-B",
+            # Tolerances at float32's resolution of the loss and its gradient.
+            options={"maxiter": int(max_iterations), "ftol": 1e-10, "gtol": 1e-7},
+        )
+        after, _ = value_and_grad(result.x)
+    except BaseException:  # an interrupted fit leaves the layer as it was
+        value_and_grad(theta0)
+        raise
     if not np.isfinite(after) or after > before:
         value_and_grad(theta0)  # back to the pruned values
         after = before
