@@ -160,3 +160,11 @@ def test_an_interrupted_fit_leaves_the_layer_as_it_was(monkeypatch):
         tsp.refit_output_layer(model, (x, y), loss="sparse_categorical_crossentropy")
     for a, b in zip(before, model.get_layer("out").get_weights(), strict=True):
         assert np.array_equal(a, b)
+
+
+def test_a_shared_output_layer_is_refused():
+    inputs = keras.Input((4,))
+    shared = keras.layers.Dense(4, name="shared")
+    model = keras.Model(inputs, shared(shared(inputs)))
+    with pytest.raises(ValueError, match="'shared' called once; it is called 2 times"):
+        tsp.refit_output_layer(model, (np.zeros((90, 4)), np.zeros((90, 4))), loss="mse")

@@ -34,7 +34,7 @@ import tensorflow as tf
 from tfstatprune._keras import is_keras3_object, keras
 from tfstatprune.stats.data import check_stats_data, input_rank, iter_chunks
 from tfstatprune.stats.losses import resolve_loss
-from tfstatprune.structure.walk import require_graph
+from tfstatprune.structure.walk import layer_calls, require_graph, tensor_key
 
 __all__ = [
     "DEFAULT_REFIT_ITERATIONS",
@@ -85,21 +85,25 @@ def output_dense(model: keras.Model) -> tuple[keras.layers.Dense, keras.layers.L
             f"refit_output refits the Dense layer of a model's single output; model "
             f"{model.name!r} has {len(model.outputs)} outputs: pass refit_output=False"
         )
-    layer, tail = model.outputs[0]._keras_history.layer, None
-    if isinstance(layer, _HEAD_LAYERS) and len(layer.inbound_nodes) == 1:
-        upstream = layer.inbound_nodes[0].inbound_layers
-        if not isinstance(upstream, list):
-            layer, tail = upstream, layer
+    calls = layer_calls(model)
+    producer = {tensor_key(t): call for call in calls for t in call.outputs}
+    call, tail = producer[tensor_key(model.outputs[0])], None
+    if isinstance(call.inner, _HEAD_LAYERS) and len(call.inputs) == 1:
+        upstream = producer.get(tensor_key(call.inputs[0]))
+        if upstream is not None:
+            call, tail = upstream, call.inner
+    layer = call.inner
     if not isinstance(layer, keras.layers.Dense):
         raise ValueError(
             f"refit_output refits the Dense layer that computes the model's output, but the "
             f"output of model {model.name!r} comes from layer {layer.name!r} "
             f"({type(layer).__name__}): pass refit_output=False"
         )
-    if len(layer.inbound_nodes) != 1:
+    count = sum(c.inner is layer for c in calls)
+    if count != 1:
         raise ValueError(
             f"refit_output needs the output layer {layer.name!r} called once; it is called "
-            f"{len(layer.inbound_nodes)} times (shared): pass refit_output=False"
+            f"{count} times (shared): pass refit_output=False"
         )
     return layer, tail
 
