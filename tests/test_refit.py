@@ -147,6 +147,57 @@ def test_too_few_examples_per_free_weight_is_an_error_not_a_memorised_fit():
     assert done.examples == few + 1
 
 
+def _dense_classifier():
+    """Dense(6) -> Dense(4, softmax), every weight nonzero (glorot init), 400 examples."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((5,)),
+            keras.layers.Dense(6, "tanh", name="hidden"),
+            keras.layers.Dense(4, "softmax", name="out"),
+        ]
+    )
+    model.compile(loss="sparse_categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    return model, rng.normal(size=(400, 5)).astype(np.float32), rng.integers(0, 4, 400)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "examples", "free"),
+    [(dict(sparsity=0.25), 170, 18), (dict(sparsity=0.5, layers=["hidden"]), 230, 24)],
+)
+def test_too_few_examples_for_the_refit_fail_before_the_statistics(
+    monkeypatch, arguments, examples, free
+):
+    model, x, y = _dense_classifier()
+
+    def collected(*args, **kwargs):
+        raise AssertionError("the statistics were collected")
+
+    monkeypatch.setattr("tfstatprune.keras.api.prune_step", collected)
+    sparsity = arguments.pop("sparsity")
+    with pytest.raises(ValueError, match=rf"at least the {free} free weights .* {examples} "):
+        tsp.prune_once(
+            model, (x[:examples], y[:examples]), sparsity, "magnitude", refit_output=True,
+            verbose=0, **arguments,
+        )  # fmt: skip
+    # enough examples for the bound: the pre-check passes and the statistics are collected
+    with pytest.raises(AssertionError, match="statistics were collected"):
+        tsp.prune_once(
+            model, (x[: 10 * free], y[: 10 * free]), sparsity, "magnitude", refit_output=True,
+            verbose=0, **arguments,
+        )  # fmt: skip
+
+
+def test_at_global_scope_the_examples_are_counted_after_pruning():
+    model, x, y = _dense_classifier()
+    with pytest.raises(ValueError, match=r"refit_output would fit the \d+ free weights"):
+        tsp.prune_once(
+            model, (x[:100], y[:100]), 0.5, "magnitude", scope="global", refit_output=True,
+            verbose=0,
+        )  # fmt: skip
+
+
 def test_an_interrupted_fit_leaves_the_layer_as_it_was(monkeypatch):
     model, x, y = _classifier()
     before = [w.copy() for w in model.get_layer("out").get_weights()]

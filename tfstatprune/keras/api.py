@@ -18,6 +18,7 @@ from tfstatprune.keras.allocation import error_curve_levels
 from tfstatprune.keras.config import (
     DEFAULT_MIN_WEIGHTS_PER_CLASS,
     ONE_SHOT_ARGUMENTS,
+    MaskSettings,
     PruneSettings,
     StatsConfig,
     settings_from_arguments,
@@ -36,7 +37,7 @@ from tfstatprune.keras.recalibration import (
     has_examples,
     recalibrate_batchnorm,
 )
-from tfstatprune.keras.refit import output_dense, refit_output_layer
+from tfstatprune.keras.refit import output_dense, refit_output_layer, require_examples
 from tfstatprune.keras.scoring import MaskUnit, mask_units, resolve_criterion, score_units
 from tfstatprune.keras.step import column_floors, multiply_masks, prune_step
 from tfstatprune.keras.wrapper import (
@@ -47,6 +48,7 @@ from tfstatprune.keras.wrapper import (
 from tfstatprune.masking import check_sparsity, compute_masks
 from tfstatprune.schedules import OneShotSparsity
 from tfstatprune.stats import check_stats_data
+from tfstatprune.stats.data import first_dim, labelled_arrays
 from tfstatprune.stats.keys import weight_keys
 from tfstatprune.stopping import DEFAULT_ALPHA, SparsityChoice, choose_sparsity
 
@@ -554,11 +556,11 @@ def _prune_copy(
         substeps = DEFAULT_SUBSTEPS if crit.update is not None else 1
     levels = _substep_levels(check_sparsity(sparsity), substeps)
     pruned = copy_model(model)
-    if settings.refit_output:
-        output_dense(pruned)  # a model it cannot refit fails before the statistics
     if stats.loss is None:  # the copy is not compiled
         stats = dataclasses.replace(stats, loss=getattr(model, "loss", None))
     chosen = choose_layers(pruned, settings.layers, masking.granularity)
+    if settings.refit_output:  # a model it cannot refit fails before the statistics
+        _check_refit(pruned, chosen, stats_data, masking, levels[-1], stats.max_examples)
     units = mask_units(chosen, masking.granularity, prune_bias=masking.prune_bias)
     outputs = set(pruned.output_names)
     protect = column_floors(
@@ -619,6 +621,32 @@ def _prune_copy(
         if stats.verbose:
             print(f"[tfstatprune] {done}")
     return pruned
+
+
+def _check_refit(
+    model: keras.Model,
+    chosen: Sequence[keras.layers.Layer],
+    stats_data: Any,
+    masking: MaskSettings,
+    sparsity: float,
+    max_examples: int | None,
+) -> None:
+    """Before the statistics: the output layer :func:`refit_output_layer` would fit,
+    and, for ``(x, y)`` arrays, enough examples for the fewest free weights pruning
+    can leave it (its nonzero kernel entries: all of them when it is not pruned,
+    less the pruned share at layer scope; none counted at global scope)."""
+    dense, _ = output_dense(model)
+    arrays = labelled_arrays(stats_data)
+    if arrays is None:
+        return  # a dataset: counted when the layer is fitted
+    examples = first_dim(arrays[0])
+    if max_examples is not None:
+        examples = min(examples, max_examples)
+    kernel = dense.kernel.numpy()
+    free = int(np.count_nonzero(kernel))
+    if any(layer is dense for layer in chosen):
+        free = 0 if masking.scope == "global" else max(0, free - math.ceil(sparsity * kernel.size))
+    require_examples(dense.name, free, examples, at_least=True)
 
 
 def _curve_levels_line(units: Sequence[MaskUnit], levels: Mapping[str, float]) -> str:

@@ -76,6 +76,28 @@ class Refit(NamedTuple):
         )
 
 
+def require_examples(layer: str, free: int, examples: int, *, at_least: bool = False) -> None:
+    """A ValueError unless ``examples >= EXAMPLES_PER_WEIGHT * free``.
+
+    ``at_least``: ``free`` is a lower bound (the check before pruning, when the
+    weights the pruning leaves are not known yet).
+
+    Example:
+      >>> require_examples("head", 10, 100)
+      >>> require_examples("head", 11, 100)
+      Traceback (most recent call last):
+      ...
+      ValueError: refit_output would fit the 11 free weights of layer 'head' on 100 examples; a fit needs 10 examples per free weight (110) or it memorises them: pass more stats_data (or a higher sparsity of that layer), or refit_output=False
+    """  # noqa: E501
+    if examples < EXAMPLES_PER_WEIGHT * free:
+        raise ValueError(
+            f"refit_output would fit {'at least ' if at_least else ''}the {free} free weights "
+            f"of layer {layer!r} on {examples} examples; a fit needs {EXAMPLES_PER_WEIGHT} "
+            f"examples per free weight ({EXAMPLES_PER_WEIGHT * free}) or it memorises them: "
+            "pass more stats_data (or a higher sparsity of that layer), or refit_output=False"
+        )
+
+
 def output_dense(model: keras.Model) -> tuple[keras.layers.Dense, keras.layers.Layer | None]:
     """The Dense layer that computes the model's single output and the Activation or
     Softmax layer after it (None: the Dense layer's output is the model's), or a
@@ -194,13 +216,7 @@ def refit_output_layer(
     where = [tf.constant(np.flatnonzero(f.ravel())[:, None]) for f in free]
     sizes = [int(f.sum()) for f in free]
     examples = int(h.shape[0])
-    if examples < EXAMPLES_PER_WEIGHT * sum(sizes):
-        raise ValueError(
-            f"refit_output would fit the {sum(sizes)} free weights of layer {dense.name!r} on "
-            f"{examples} examples; a fit needs {EXAMPLES_PER_WEIGHT} examples per free weight "
-            f"({EXAMPLES_PER_WEIGHT * sum(sizes)}) or it memorises them: pass more stats_data "
-            "(or a higher sparsity of that layer), or refit_output=False"
-        )
+    require_examples(dense.name, sum(sizes), examples)
 
     @tf.function
     def objective(theta: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
