@@ -1,9 +1,10 @@
-"""One-shot pruning frontier of LeNet-300-100: every criterion, layer and global scope.
+"""One-shot pruning frontier of LeNet-300-100 (or ResNet-20): every criterion, both scopes.
 
 Usage::
 
     python -m benchmarks.criteria_frontier [--seeds 3] [--quick] [--retrain-repeats 1]
         [--variant LABEL=CRITERION[,key=value...]] [--out docs/results/criteria_frontier.md]
+        [--model lenet_300_100|resnet20] [--stats-examples N]
 
 LeNet-300-100 (L2 1e-4) is trained once per seed on MNIST (cached under
 ``runs/``), then pruned one-shot with each criterion at each sparsity, in layer
@@ -18,6 +19,14 @@ retrains every pruned model R times (other shuffles) and reports the mean.
 ``"wald_block d1=wald_block,damping=1"``; the option ``restricted=false`` keeps
 a block criterion's mask but not its update (the survivors keep their dense
 values). Every variant is compared with magnitude like wald_block.
+
+``--model resnet20`` runs the same on the ResNet-20 of :mod:`benchmarks.mobile` (16/32/64
+filters, BatchNormalization) on MNIST padded to 32x32x3: trained per seed on the first
+:data:`CNN_TRAIN_EXAMPLES` training images, its BatchNormalization statistics then
+re-estimated on the statistics' examples (``--stats-examples``, default
+:data:`CNN_STATS_EXAMPLES` for it: the convolutions' Kronecker factors cost more per
+example than LeNet's), pruned with ``prune_once``'s defaults for CNNs (BatchNormalization
+re-estimated after pruning).
 
 The report has a table for each scope in ``--scopes``; with ``--retrain-epochs 0``
 each cell is the one-shot accuracy alone. Text in the ``--out`` file below the
@@ -64,6 +73,10 @@ SPARSITIES = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99)
 SCOPES = ("layer", "global")
 L2 = 1e-4
 STATS_EXAMPLES = 10_000
+CNN_STATS_EXAMPLES = 1024
+CNN_TRAIN_EXAMPLES = 15_000
+MODELS = ("lenet_300_100", "resnet20")
+TITLES = {"lenet_300_100": "LeNet-300-100", "resnet20": "ResNet-20"}
 BATCH = 128
 LEARNING_RATE = 1e-3
 RETRAIN_SEED_STRIDE = 1000  # repeat r of a seed's retraining runs with seed + stride * r
@@ -134,7 +147,32 @@ def retrain(pruned: keras.Model, seed: int, epochs: int, data: datasets.MNIST) -
     return correct(model, data)
 
 
-def dense_model(seed: int, epochs: int, cache: Path, data: datasets.MNIST) -> keras.Model:
+def load_data(model: str, quick: bool) -> datasets.MNIST:
+    """MNIST for ``model``: 28x28x1 for LeNet-300-100, padded to 32x32x3 for ResNet-20."""
+    data = datasets.mnist()
+    if quick:
+        data = datasets.MNIST(data.x_train[:6000], data.y_train[:6000], data.x_test, data.y_test)
+    if model == "resnet20":
+        from benchmarks.mobile import to_32x32x3
+
+        data = datasets.MNIST(
+            to_32x32x3(data.x_train), data.y_train, to_32x32x3(data.x_test), data.y_test
+        )
+    return data
+
+
+def dense_model(
+    seed: int,
+    epochs: int,
+    cache: Path,
+    data: datasets.MNIST,
+    model_name: str = "lenet_300_100",
+    stats: tuple | None = None,
+) -> keras.Model:
+    """The dense model of ``seed``, trained and cached (ResNet-20: on the first
+    :data:`CNN_TRAIN_EXAMPLES` images, its BatchNormalization re-estimated on ``stats``)."""
+    if model_name == "resnet20":
+        return _dense_resnet20(seed, epochs, cache, data, stats)
     path = cache / f"lenet_300_100_l2_seed{seed}_e{epochs}.keras"
     if path.exists():
         return keras.models.load_model(path)
@@ -148,6 +186,26 @@ def dense_model(seed: int, epochs: int, cache: Path, data: datasets.MNIST) -> ke
         batch_size=BATCH,
         learning_rate=LEARNING_RATE,
     )
+    cache.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+    return model
+
+
+def _dense_resnet20(
+    seed: int, epochs: int, cache: Path, data: datasets.MNIST, stats: tuple | None
+) -> keras.Model:
+    from benchmarks.mobile import resnet20
+
+    path = cache / f"resnet20_seed{seed}_e{epochs}_n{CNN_TRAIN_EXAMPLES}.keras"
+    if path.exists():
+        return keras.models.load_model(path)
+    keras.utils.set_random_seed(seed)
+    model = models.compile_classifier(resnet20(seed=seed), LEARNING_RATE)
+    keras.utils.set_random_seed(seed)
+    n = CNN_TRAIN_EXAMPLES
+    model.fit(data.x_train[:n], data.y_train[:n], batch_size=BATCH, epochs=epochs, verbose=0)
+    if stats is not None:
+        tsp.recalibrate_batchnorm(model, stats)
     cache.mkdir(parents=True, exist_ok=True)
     model.save(path)
     return model
@@ -172,10 +230,8 @@ def unpack(text: str, size: int) -> np.ndarray:
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    data = datasets.mnist()
-    if args.quick:
-        data = datasets.MNIST(data.x_train[:6000], data.y_train[:6000], data.x_test, data.y_test)
-    stats = (data.x_train[:STATS_EXAMPLES], data.y_train[:STATS_EXAMPLES])
+    data = load_data(args.model, args.quick)
+    stats = (data.x_train[: args.stats_examples], data.y_train[: args.stats_examples])
     log = Path(args.log)
     done = {
         (row["seed"], row["criterion"], row["scope"], row["sparsity"]): row
@@ -185,7 +241,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     criteria.update(args.variant)
     rows = list(done.values())
     for seed in range(args.seeds):
-        dense = dense_model(seed, args.epochs, Path(args.cache), data)
+        dense = dense_model(seed, args.epochs, Path(args.cache), data, args.model, stats)
         dense_acc = accuracy(dense, data)
         for label, (criterion, options) in criteria.items():
             for scope in args.scopes.split(","):
@@ -418,8 +474,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log", default="runs/criteria_frontier/results.jsonl")
     parser.add_argument("--out", default=None, help="write the markdown table (and a .png) here")
     parser.add_argument("--quick", action="store_true", help="1 seed, 1 epoch, 2 levels")
+    parser.add_argument("--model", choices=MODELS, default=MODELS[0])
+    parser.add_argument(
+        "--stats-examples",
+        type=int_at_least(1),
+        default=None,
+        help=f"examples of the statistics (default {STATS_EXAMPLES}; resnet20: "
+        f"{CNN_STATS_EXAMPLES})",
+    )
     given = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(given)
+    if args.stats_examples is None:
+        args.stats_examples = CNN_STATS_EXAMPLES if args.model == "resnet20" else STATS_EXAMPLES
     labels = [label for label, _ in args.variant]
     if len(set(labels)) < len(labels):
         parser.error(f"--variant labels must differ, got {labels}")
@@ -469,13 +535,22 @@ def report(
         )
         + ")"
     )
+    model = args.model
+    trained = (
+        f"ResNet-20 (16/32/64 filters, BatchNormalization; `benchmarks.mobile.resnet20`) on "
+        f"MNIST padded to 32x32x3, trained {args.epochs} epochs (Adam, batch {BATCH}) per seed "
+        f"on the first {CNN_TRAIN_EXAMPLES:,} training images, its BatchNormalization "
+        "statistics re-estimated on the statistics' examples before and after pruning"
+        if model == "resnet20"
+        else f"LeNet-300-100, L2 {L2}, trained {args.epochs} epochs (Adam, batch {BATCH}) per seed"
+    )
     text = [
-        "# One-shot pruning of LeNet-300-100: criteria compared",
+        f"# One-shot pruning of {TITLES[model]}: criteria compared",
         "",
         f"Command: `{command_line('criteria_frontier', given)}`",
         "",
-        f"LeNet-300-100, L2 {L2}, trained {args.epochs} epochs (Adam, batch {BATCH}) per seed; "
-        f"{args.seeds} seed(s); statistics on {STATS_EXAMPLES} training examples; biases kept; "
+        f"{trained}; {args.seeds} seed(s); statistics on "
+        f"{args.stats_examples:,} training examples; biases kept; "
         "test accuracy (%) on the 10k MNIST test images, mean ± std over seeds, "
         f"{measured}.",
         "",

@@ -98,6 +98,7 @@ def test_report_has_only_the_scopes_run_and_one_number_without_retraining(
     args = argparse.Namespace(
         seeds=1, epochs=8, retrain_epochs=retrain_epochs, retrain_repeats=1, sparsities=[0.9]
     )
+    args.model, args.stats_examples = "lenet_300_100", 10_000
     args.variant, args.pair = [], [("wald_block", "wald_block")]
     given = ["--retrain-epochs", str(retrain_epochs)]
     fields = benchmark_script.FIELDS[:1] if retrain_epochs == 0 else benchmark_script.FIELDS
@@ -130,3 +131,37 @@ def test_a_pair_is_tabulated_and_a_pair_of_criteria_not_run_is_refused(benchmark
     with pytest.raises(SystemExit):
         benchmark_script.main(["--criteria", "magnitude,obs", "--pair", "obs vs sparsegpt"])
     assert "--pair names criteria not run: ['sparsegpt']" in capsys.readouterr().err
+
+
+def test_resnet20_runs_on_32x32x3_and_its_dense_model_is_cached(
+    benchmark_script, tmp_path, monkeypatch
+):
+    data = benchmark_script.load_data("resnet20", quick=True)
+    assert data.x_train.shape[1:] == data.x_test.shape[1:] == (32, 32, 3)
+    monkeypatch.setattr(benchmark_script, "CNN_TRAIN_EXAMPLES", 128)
+    stats = (data.x_train[:64], data.y_train[:64])
+    dense = benchmark_script.dense_model(0, 1, tmp_path, data, "resnet20", stats)
+    assert [p.name for p in tmp_path.iterdir()] == ["resnet20_seed0_e1_n128.keras"]
+    again = benchmark_script.dense_model(0, 1, tmp_path, data, "resnet20", stats)
+    for a, b in zip(dense.get_weights(), again.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # the moving statistics were re-estimated on the statistics' examples
+    bn = dense.get_layer("stem_bn")
+    h = dense.get_layer("stem")(stats[0]).numpy()
+    np.testing.assert_allclose(bn.moving_mean.numpy(), h.mean(axis=(0, 1, 2)), atol=1e-4)
+
+
+def test_the_report_names_the_cnn(benchmark_script):
+    args = argparse.Namespace(
+        seeds=1, epochs=2, retrain_epochs=0, retrain_repeats=1, sparsities=[0.5], variant=[],
+        pair=[], model="resnet20", stats_examples=1024,
+    )  # fmt: skip
+    rows = [
+        dict(seed=0, criterion="magnitude", scope="layer", sparsity=0.5, dense=0.98,
+             one_shot=0.9, retrained=0.9)
+    ]  # fmt: skip
+    text = benchmark_script.report(
+        rows, args, ["--model", "resnet20"], ["magnitude"], ("layer",), ("one_shot",)
+    )
+    assert text.startswith("# One-shot pruning of ResNet-20: criteria compared")
+    assert "MNIST padded to 32x32x3" in text and "statistics on 1,024 training examples" in text
