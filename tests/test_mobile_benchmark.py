@@ -142,3 +142,42 @@ def test_quick_run_logs_every_row_and_resumes(benchmark_script, tmp_path):
     benchmark_script.main(argv)  # a second run: everything is logged, nothing is measured
     assert [json.loads(line) for line in log.read_text().splitlines()] == rows
     assert out.read_text() == first
+
+
+def _latency_log(script, *, retrained: float, ratio: float, control: float) -> list[dict]:
+    """A complete log of the latency grid with its control row."""
+    dense = dict(_dense(script, "mobilenetv2", 0.97), config=script.LATENCY.setup())
+    pruned = [_pruned(key, retrained=retrained, ratio=ratio) for key in script.LATENCY.rows]
+    control_row = dict(kind="control", model="mobilenetv2", epochs=8, accuracy=control)
+    run = dict(kind="run", new_rows=6, seconds=60.0, skipped=[])
+    return [dense, *pruned, control_row, run]
+
+
+def test_the_latency_grid_is_mobilenetv2_filters_with_a_control(benchmark_script):
+    config = benchmark_script.LATENCY
+    assert config.models() == ["mobilenetv2"]
+    assert {key[1] for key in config.rows} == {"filter"}
+    assert config.control_epochs == config.retrain_epochs > 1
+
+
+@pytest.mark.parametrize(
+    ("control", "verdict"), [(0.97, "4 of these 4 row(s) are within"), (0.99, "0 of these 4")]
+)
+def test_the_target_line_weighs_the_rows_against_the_dense_model_trained_on(
+    benchmark_script, control, verdict
+):
+    rows = _latency_log(benchmark_script, retrained=0.965, ratio=0.6, control=control)
+    line = benchmark_script.target_line(rows)
+    assert "**Target met**" in line and verdict in line
+
+
+def test_the_latency_report_has_the_control_row_and_no_weight_rows(benchmark_script, tmp_path):
+    log, out = tmp_path / "log.jsonl", tmp_path / "report.md"
+    _write(log, _latency_log(benchmark_script, retrained=0.965, ratio=0.6, control=0.975))
+    benchmark_script.main(["--grid", "latency", "--log", str(log), "--out", str(out)])
+    text = out.read_text()
+    assert text.startswith("# Pruning MobileNetV2 on 32x32 MNIST: filters, Wald vs L1")
+    assert "| dense, 8 more epoch(s) | | | 97.50 |" in text
+    assert "| filter | 40 % | l1_norm | 50.00 | 96.50 |" in text
+    assert "A second weight level" not in text
+    assert "after 8 epochs of retraining" in text
