@@ -129,7 +129,8 @@ def run(args: argparse.Namespace) -> list[dict]:
                 log.write(json.dumps(rows[-1]) + "\n")
 
     for name in args.models:
-        wanted = [(p, t) for p in ("wald", "magnitude") for t in args.targets]
+        # target by target, both pipelines: an interrupted table has both at every level run
+        wanted = [(p, t) for t in args.targets for p in ("wald", "magnitude")]
         if all((name, p, t) in done for p, t in wanted):
             continue
         dense = train_dense(
