@@ -189,12 +189,15 @@ def test_too_few_examples_for_the_refit_fail_before_the_statistics(
         )  # fmt: skip
 
 
-def test_at_global_scope_the_examples_are_counted_after_pruning():
+@pytest.mark.parametrize(
+    "arguments", [dict(scope="global"), dict(granularity="unit", layers=["out"])]
+)
+def test_where_no_bound_holds_the_examples_are_counted_after_pruning(arguments):
     model, x, y = _dense_classifier()
     with pytest.raises(ValueError, match=r"refit_output would fit the \d+ free weights"):
         tsp.prune_once(
-            model, (x[:100], y[:100]), 0.5, "magnitude", scope="global", refit_output=True,
-            verbose=0,
+            model, (x[:100], y[:100]), 0.5, "magnitude", refit_output=True, verbose=0,
+            **arguments,
         )  # fmt: skip
 
 

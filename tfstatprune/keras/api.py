@@ -634,7 +634,8 @@ def _check_refit(
     """Before the statistics: the output layer :func:`refit_output_layer` would fit,
     and, for ``(x, y)`` arrays, enough examples for the fewest free weights pruning
     can leave it (its nonzero kernel entries: all of them when it is not pruned,
-    less the pruned share at layer scope; none counted at global scope)."""
+    less the pruned share when it is pruned weight by weight at layer scope; none
+    counted otherwise)."""
     dense, _ = output_dense(model)
     arrays = labelled_arrays(stats_data)
     if arrays is None:
@@ -645,7 +646,10 @@ def _check_refit(
     kernel = dense.kernel.numpy()
     free = int(np.count_nonzero(kernel))
     if any(layer is dense for layer in chosen):
-        free = 0 if masking.scope == "global" else max(0, free - math.ceil(sparsity * kernel.size))
+        # weight by weight at layer scope the layer loses ceil(sparsity * size) at most;
+        # groups (units, blocks) round up by whole groups, so no bound is taken
+        by_weight = masking.scope == "layer" and masking.granularity == "weight"
+        free = max(0, free - math.ceil(sparsity * kernel.size)) if by_weight else 0
     require_examples(dense.name, free, examples, at_least=True)
 
 
