@@ -280,6 +280,58 @@ def test_exact_ggn_matches_a_dense_jacobian_computation(from_logits, closed_form
         assert relative_error(stats.ggn, exact / len(x)) < RTOL_VS_FLOAT64, w.name
 
 
+def test_block_criteria_skip_only_the_factored_kernels_diagonal_curvature():
+    # diagonal_curvature=False leaves out the per-weight curvature of the kernels
+    # with Kronecker factors (Conv2D, Dense) and nothing else: the biases and the
+    # depthwise kernel (no factors) keep theirs, equal to the float64 Jacobian
+    # reference; the factors are those of a full collection.
+    x, y = images((6, 6, 2))
+    model = classifier(
+        x.shape[1:],
+        keras.layers.Conv2D(3, 3, activation="tanh"),
+        keras.layers.DepthwiseConv2D(3, activation="tanh"),
+    )
+    want = _dense_ggn_diagonal(model, x, from_logits=False)
+    common = dict(hessian="ggn_exact", kronecker=True, verbose=0)
+    full = collect_statistics(model, (x, y), **common)
+    got = collect_statistics(model, (x, y), diagonal_curvature=False, **common)
+    factored = {model.layers[0].kernel.name, model.layers[-1].kernel.name}
+    for w, exact in zip(model.trainable_weights, want, strict=True):
+        stats, reference = got.weights[w.name], full.weights[w.name]
+        np.testing.assert_array_equal(stats.sumsq, reference.sumsq)
+        if w.name in factored:
+            assert stats.curvature is None, w.name
+            for part in ("inputs", "gradients", "curvature"):
+                np.testing.assert_allclose(
+                    getattr(stats.kronecker, part), getattr(reference.kronecker, part), rtol=1e-6
+                )
+        else:
+            assert relative_error(stats.curvature, exact) < RTOL_VS_FLOAT64, w.name
+    assert set(got.layers) == set(full.layers)
+
+
+def test_block_scores_are_unchanged_without_the_diagonal_curvature():
+    # tsp.scores("wald_block") collects without the factored kernels' diagonal
+    # curvature; the scores equal the criterion's on a full collection, and the
+    # biases (their own units with prune_bias=True, scored by the diagonal
+    # fallback) still get their curvature.
+    import tfstatprune as tsp
+    from tfstatprune.criteria import wald_block, wald_diag
+    from tfstatprune.stats.keys import weight_keys
+
+    x, y = images((6, 6, 2))
+    model = classifier(x.shape[1:], keras.layers.Conv2D(3, 3, activation="tanh"))
+    got = tsp.scores(model, (x, y), "wald_block", prune_bias=True, verbose=0)
+    full = collect_statistics(model, (x, y), hessian="ggn_exact", kronecker=True, verbose=0)
+    key = weight_keys(model)
+    for layer in (model.layers[0], model.layers[-1]):
+        want = wald_block(layer.kernel.numpy(), full.weights[key[layer.kernel]])
+        np.testing.assert_allclose(got[key[layer.kernel]], want, rtol=1e-6)
+        bias = full.weights[key[layer.bias]]
+        want = wald_diag(layer.bias.numpy(), bias, hessian="ggn_exact")
+        np.testing.assert_allclose(got[key[layer.bias]], want, rtol=1e-6)
+
+
 def test_exact_ggn_needs_a_cross_entropy_over_classes():
     x, y = images((4,))
     model = classifier(x.shape[1:])

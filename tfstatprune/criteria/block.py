@@ -337,7 +337,8 @@ def _bias_row(theta: np.ndarray, factors: KroneckerFactors) -> np.ndarray | None
 
 
 def _block_request(options: Mapping[str, Any]) -> StatsRequest:
-    return StatsRequest(options.get("hessian", "ggn_exact"), kronecker=True)
+    hessian = options.get("hessian", "ggn_exact")
+    return StatsRequest(hessian, kronecker=True, diagonal_curvature=False)
 
 
 def _obs_request(options: Mapping[str, Any]) -> StatsRequest:

@@ -49,6 +49,9 @@ class StatsRequest(NamedTuple):
     ``activations``: zero counts of Dense/Conv activations
     (:class:`~tfstatprune.stats.ActivationStatistics`). ``gradients``: False
     for a criterion that reads no data at all (only the options below).
+    ``diagonal_curvature``: False for a criterion that reads the curvature of
+    the layers with Kronecker factors from the factors only (the block
+    criteria), so their kernels' per-weight curvature is not collected.
 
     The glue also passes, per mask unit, the options named here (unless the
     user set them): ``seed``, the option that takes a seed derived from the
@@ -68,6 +71,7 @@ class StatsRequest(NamedTuple):
     gradients: bool = True
     seed: str | None = None
     bn_scale: str | None = None
+    diagonal_curvature: bool = True
 
     @property
     def needs_data(self) -> bool:

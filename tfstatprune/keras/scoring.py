@@ -212,6 +212,7 @@ def score_units(
             hessian=needs.hessian,
             kronecker=needs.kronecker,
             activations=needs.activations,
+            diagonal_curvature=needs.diagonal_curvature,
             **arguments,
         )
     derive_seed = needs.seed if needs.seed not in options else None

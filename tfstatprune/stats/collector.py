@@ -193,12 +193,13 @@ def _plan_for(
     closed_form: bool,
     strategy: tf.distribute.Strategy,
     quantities: tuple[str, ...],
+    diagonal_curvature: bool = True,
 ) -> tuple[Plan, Step]:
     """The cached plan and step for this model, weights, loss, curvature, strategy, quantities."""
     # The loss actually used: the compiled one may change with a new compile().
     used_loss = loss if loss is not None else getattr(model, "loss", None)
     key = (tuple(id(v) for v in weights), id(used_loss), hessian, closed_form, id(strategy))
-    key += quantities
+    key += (*quantities, diagonal_curvature)
     plans = model.__dict__.get(_PLANS_ATTRIBUTE)
     if plans is None:
         plans = {}
@@ -210,6 +211,7 @@ def _plan_for(
             closed_form,
             hessian != "fisher",
             [LAYER_QUANTITIES[name] for name in quantities],
+            diagonal_curvature,
         )
         plans[key] = plan, Step(model, plan, per_example_loss, hessian, strategy)
     return plans[key]
@@ -226,7 +228,7 @@ def _results(
             count,
             sums["weight", i, "sum"],
             sums["weight", i, "sumsq"],
-            sums["weight", i, CURVATURE] if plan.curvature else None,
+            sums["weight", i, CURVATURE] if plan.curved[i] else None,
             _regularizer_curvature(t),
             rounding=rounding,
         )
@@ -260,6 +262,7 @@ def collect_statistics(
     closed_form: bool = True,
     kronecker: bool = False,
     activations: bool = False,
+    diagonal_curvature: bool = True,
     seed: int = 0,
     verbose: int = 1,
     skip_nonfinite: bool = False,
@@ -292,6 +295,12 @@ def collect_statistics(
         a closed-form rule, how often its activation is exactly 0 (see
         :mod:`tfstatprune.stats.activations`), in ``CollectedStatistics.layers``
         and on their kernels' records (``WeightStatistics.activations``).
+      diagonal_curvature: False, with ``kronecker=True``: the kernels of the
+        layers with Kronecker factors get no diagonal curvature (their
+        ``WeightStatistics.curvature`` is None; the factors' output side holds
+        the curvature the block criteria read). The curvature passes then skip
+        those kernels' per-example squares, most of a ``ggn_exact`` pass on a
+        CNN. Other weights (biases, layers without factors) keep theirs.
       seed: seed for the sampled labels of the GGN estimate.
       verbose: 1 shows a progress bar, 0 is silent.
       skip_nonfinite: leave out the examples whose loss or per-example
@@ -342,7 +351,15 @@ def collect_statistics(
     strategy = strategy_for(model)
     quantities = (("kronecker",) if kronecker else ()) + (("activations",) if activations else ())
     plan, step = _plan_for(
-        model, weights, loss, per_example_loss, hessian, closed_form, strategy, quantities
+        model,
+        weights,
+        loss,
+        per_example_loss,
+        hessian,
+        closed_form,
+        strategy,
+        quantities,
+        diagonal_curvature,
     )
     _warn_generic(plan.reasons)
     rank = input_rank(model)

@@ -113,6 +113,9 @@ class Plan(NamedTuple):
       layout: the named accumulator slots.
       hooked: layers whose statistics hook replaces their call.
       curvature: whether the curvature parts are collected.
+      curved: per target, whether its diagonal curvature is collected (all
+        of them with ``curvature``, unless ``diagonal_curvature=False`` left
+        out the kernels of the layers with Kronecker factors).
     """
 
     targets: list[Target]
@@ -124,6 +127,7 @@ class Plan(NamedTuple):
     layout: Layout
     hooked: list[keras.layers.Layer]
     curvature: bool
+    curved: tuple[bool, ...]
 
 
 def _owners(model: keras.Model) -> dict[Any, keras.layers.Layer]:
@@ -176,35 +180,42 @@ def build_plan(
     closed_form: bool,
     curvature: bool,
     quantities: Sequence[LayerQuantity] = (),
+    diagonal_curvature: bool = True,
 ) -> Plan:
     """The plan for ``weights`` of ``model`` (see module docstring).
 
     ``quantities``: the layer quantities to collect, for every probed layer
     whose kernel (role ``"kernel"``) is among ``weights`` and that the
-    quantity applies to.
+    quantity applies to. ``diagonal_curvature=False``: no per-weight
+    curvature for the kernel of a layer that collects a backward quantity
+    (the Kronecker factors, whose output factor holds the curvature).
     """
     targets, reasons = _targets(model, weights, closed_form)
     probed = list({id(t.layer): t.layer for t in targets if t.rule is not None}.values())
     rules = {id(t.layer): t.rule for t in targets if t.rule is not None}
     kernels = {id(t.layer): t for t in targets if t.role == "kernel"}
-    layout = Layout()
-    parts = WEIGHT_PARTS if curvature else WEIGHT_PARTS[:2]
-    for i, t in enumerate(targets):
-        for part in parts:
-            layout.add(("weight", i, part), t.variable.shape)
     layer_targets = []
     for quantity in quantities:
         for j, layer in enumerate(probed):
             rule = rules[id(layer)]
             if id(layer) not in kernels or not quantity.applies(layer, rule):
                 continue
-            kernel = kernels[id(layer)]
-            layer_targets.append(LayerTarget(j, layer, kernel, quantity))
-            shapes = quantity.parts(layer, rule, kernel.variable)
-            if quantity.backward and curvature:
-                shapes[CURVATURE] = shapes[GRADIENTS]
-            for part, shape in shapes.items():
-                layout.add(("layer", j, quantity.name, part), shape)
+            layer_targets.append(LayerTarget(j, layer, kernels[id(layer)], quantity))
+    factored = {id(lt.layer) for lt in layer_targets if lt.quantity.backward}
+    curved = tuple(
+        curvature and (diagonal_curvature or t.role != "kernel" or id(t.layer) not in factored)
+        for t in targets
+    )
+    layout = Layout()
+    for i, t in enumerate(targets):
+        for part in WEIGHT_PARTS if curved[i] else WEIGHT_PARTS[:2]:
+            layout.add(("weight", i, part), t.variable.shape)
+    for lt in layer_targets:
+        shapes = lt.quantity.parts(lt.layer, rules[id(lt.layer)], lt.kernel.variable)
+        if lt.quantity.backward and curvature:
+            shapes[CURVATURE] = shapes[GRADIENTS]
+        for part, shape in shapes.items():
+            layout.add(("layer", lt.probed, lt.quantity.name, part), shape)
     layout.add(EXAMPLES, ())
     layout.add(SKIPPED, ())
     return Plan(
@@ -217,4 +228,5 @@ def build_plan(
         layout,
         hooked_layers(model),
         curvature,
+        curved,
     )

@@ -110,6 +110,12 @@ class Step:
         self.backward_targets = [lt for lt in plan.layer_targets if lt.quantity.backward]
         self.accumulators = Accumulators(strategy, plan.layout.shapes)
         self.generic_variables = [t.variable for t in plan.generic]
+        # Per probed layer, the roles whose diagonal curvature is collected.
+        curved_roles: dict[int, set[str]] = {}
+        for t, curved in zip(plan.targets, plan.curved, strict=True):
+            if curved and t.rule is not None:
+                curved_roles.setdefault(self.index_of[id(t.layer)], set()).add(t.role)
+        self.curved_roles = {j: frozenset(r) for j, r in curved_roles.items()}
         # pfor cannot vectorize the TensorList loops of recurrent layers (LSTM, GRU)
         # nor, on some CPUs, grouped convolutions: their per-example gradients are
         # mapped one example after another.
@@ -138,14 +144,26 @@ class Step:
             ]
         return []
 
-    def _from_backward(self, inputs: list, output_gradients: list) -> tuple[dict, dict]:
-        """One backward pass: moments per (probed layer, role), backward parts per target."""
+    def _from_backward(
+        self, inputs: list, output_gradients: list, roles: dict | None = None
+    ) -> tuple[dict, dict]:
+        """One backward pass: moments per (probed layer, role), backward parts per target.
+
+        ``roles``: per probed layer (index), the roles whose moments are wanted
+        (None: every role of every probed layer).
+        """
         plan = self.plan
         moments = {}
         for j, (layer, rule, a, delta) in enumerate(
             zip(plan.probe.layers, plan.rules, inputs, output_gradients, strict=True)
         ):
-            for role, m in rule.moments(layer, a, delta).items():
+            if roles is None:
+                found = rule.moments(layer, a, delta)
+            elif roles.get(j):
+                found = rule.role_moments(layer, a, delta, roles[j])
+            else:
+                continue
+            for role, m in found.items():
                 moments[(j, role)] = m
         parts = {
             k: lt.quantity.from_backward(
@@ -185,7 +203,9 @@ class Step:
             output_gradients = probe.output_gradients(
                 tape, objectives, taped, tf.one_hot(k, objectives.shape[0])
             )
-            moments, parts = self._from_backward(inputs, zero_rows(output_gradients, bad))
+            moments, parts = self._from_backward(
+                inputs, zero_rows(output_gradients, bad), self.curved_roles
+            )
             return {
                 **{("moment", *key): m.sumsq for key, m in moments.items()},
                 **{("part", key): v for key, v in parts.items()},
@@ -273,7 +293,7 @@ class Step:
         self, x: Any, y: Any, weights: tf.Tensor | None, seed_pair: tf.Tensor
     ) -> tf.Tensor:
         """Add one chunk; return ``[examples]`` bool, the non-finite ones (padding dropped)."""
-        plan, want_curvature = self.plan, self.plan.curvature
+        plan = self.plan
         if self.strategy.num_replicas_in_sync > 1:
             replica = tf.distribute.get_replica_context().replica_id_in_sync_group
             seed_pair = tf.random.experimental.stateless_fold_in(seed_pair, replica)
@@ -293,13 +313,13 @@ class Step:
         for i, t in enumerate(plan.targets):
             if t.rule is not None:
                 key = (self.index_of[id(t.layer)], t.role)
-                m, c = moments[key], curvature[key] if want_curvature else None
+                m, c = moments[key], curvature[key] if plan.curved[i] else None
             else:
                 m = generic_moments[g_index]
-                c = generic_curvature[g_index] if want_curvature else None
+                c = generic_curvature[g_index] if plan.curved[i] else None
                 g_index += 1
             values["weight", i, "sum"], values["weight", i, "sumsq"] = m.sum, m.sumsq
-            if want_curvature:
+            if plan.curved[i]:
                 values["weight", i, CURVATURE] = c
         real = times(tf.ones_like(bad, tf.float32), weights)  # 0: padding of a replica
         dropped = real * tf.cast(bad, tf.float32)

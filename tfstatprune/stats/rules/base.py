@@ -96,6 +96,20 @@ class GradientRule:
         """Moments per role, from inputs ``[B, ...]`` and ``delta`` of z's shape."""
         raise NotImplementedError
 
+    def role_moments(
+        self,
+        layer: keras.layers.Layer,
+        inputs: tf.Tensor,
+        delta: tf.Tensor,
+        roles: frozenset[str],
+    ) -> dict[str, BatchMoments]:
+        """The moments of ``roles`` only (the curvature passes that need no kernel).
+
+        The default computes :meth:`moments` and keeps ``roles``; a rule whose
+        kernel moments cost most overrides it.
+        """
+        return {r: m for r, m in self.moments(layer, inputs, delta).items() if r in roles}
+
     def kronecker_shapes(self, layer: keras.layers.Layer) -> tuple[int, int] | None:
         """``(input factor size, output factor size)`` if the rule gives Kronecker factors.
 

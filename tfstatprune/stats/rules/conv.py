@@ -103,6 +103,18 @@ class ConvolutionRule(GradientRule):
             out["bias"] = moments_of(tf.reduce_sum(delta, [1, 2]))
         return out
 
+    def role_moments(
+        self,
+        layer: keras.layers.Layer,
+        inputs: tf.Tensor,
+        delta: tf.Tensor,
+        roles: frozenset[str],
+    ) -> dict[str, BatchMoments]:
+        if self.kernel_role in roles or not layer.use_bias or "bias" not in roles:
+            return super().role_moments(layer, inputs, delta, roles)
+        _, delta = self._channels_last_2d(layer, inputs, delta)
+        return {"bias": moments_of(tf.reduce_sum(delta, [1, 2]))}
+
     @staticmethod
     def _channels_last_2d(
         layer: keras.layers.Layer, inputs: tf.Tensor, delta: tf.Tensor

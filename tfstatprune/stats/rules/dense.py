@@ -51,15 +51,24 @@ class DenseRule(GradientRule):
         out: dict[str, BatchMoments] = {}
         if a.shape.rank == 2:
             out["kernel"] = outer_moments(a, delta)
-            bias_per_example = delta
         else:
             a3 = tf.reshape(a, [tf.shape(a)[0], -1, tf.shape(a)[-1]])
             d3 = tf.reshape(delta, [tf.shape(delta)[0], -1, tf.shape(delta)[-1]])
             out["kernel"] = moments_of(tf.einsum("bti,bto->bio", a3, d3))
-            bias_per_example = tf.reduce_sum(d3, 1)
         if layer.use_bias:
-            out["bias"] = moments_of(bias_per_example)
+            out["bias"] = _bias_moments(delta)
         return out
+
+    def role_moments(
+        self,
+        layer: keras.layers.Layer,
+        inputs: tf.Tensor,
+        delta: tf.Tensor,
+        roles: frozenset[str],
+    ) -> dict[str, BatchMoments]:
+        if "kernel" in roles or not layer.use_bias or "bias" not in roles:
+            return super().role_moments(layer, inputs, delta, roles)
+        return {"bias": _bias_moments(delta)}
 
     def kronecker_shapes(self, layer: keras.layers.Layer) -> tuple[int, int]:
         inputs, units = layer.kernel.shape
@@ -76,3 +85,12 @@ class DenseRule(GradientRule):
 
     def kronecker_outputs(self, layer: keras.layers.Layer, delta: tf.Tensor) -> tf.Tensor:
         return output_factor(delta)
+
+
+def _bias_moments(delta: tf.Tensor) -> BatchMoments:
+    """Moments of ``g_i(b) = sum_t delta_it`` from ``delta`` ``[B, O]`` or ``[B, T..., O]``."""
+    if delta.shape.rank == 2:
+        return moments_of(delta)
+    return moments_of(
+        tf.reduce_sum(tf.reshape(delta, [tf.shape(delta)[0], -1, delta.shape[-1]]), 1)
+    )
