@@ -9,7 +9,7 @@ import tfstatprune as tsp
 from tfstatprune._keras import keras
 from tfstatprune.criteria import get_criterion
 from tfstatprune.criteria.block import restricted_update
-from tfstatprune.criteria.solver import solve_layer
+from tfstatprune.criteria.solver import obc_prune, solve_layer
 from tfstatprune.stats import WeightStatistics
 from tfstatprune.stats.kronecker import KroneckerFactors
 
@@ -185,6 +185,25 @@ def test_obc_is_exact_greedy_obs_per_unit_and_refuses_large_layers():
     np.testing.assert_allclose(update.kernel, theta, rtol=1e-7, atol=1e-10)
     with pytest.raises(ValueError, match=r"layer 'big'.*9 inputs, over max_inputs=8"):
         crit.update(kernel, None, stats, decided, choosable=decided, max_inputs=8, layer="big")
+
+
+def test_obc_drops_pruned_entries_and_finished_columns_exactly():
+    # 40 inputs, columns pruning 3 to 36 weights: the batch sheds finished columns
+    # and shrinks to the free entries as it goes; the result is still the greedy
+    # OBS of the reference, which inverts the free block afresh at every step.
+    rng = np.random.default_rng(7)
+    b = rng.normal(size=(40, 25))
+    a = b @ b.T / 40 + 0.05 * np.eye(40)
+    theta = rng.normal(size=(40, 6))
+    counts = np.array([3, 36, 20, 30, 9, 36])
+    order = np.argsort(np.abs(theta), axis=0)
+    keep = np.ones(theta.shape, bool)
+    for j, count in enumerate(counts):
+        keep[order[:count, j], j] = False
+    got = obc_prune(theta, a, keep)
+    want, want_keep = _obc_reference(theta, a, counts)
+    np.testing.assert_array_equal(got.keep, want_keep)
+    np.testing.assert_allclose(got.theta, want, rtol=1e-7, atol=1e-10)
 
 
 def _dense_softmax(seed=0, n=60, d=6, k=3):

@@ -290,44 +290,107 @@ def obc_prune(
     choosable = np.ones(theta.shape, bool) if choosable is None else np.asarray(choosable, bool)
     v = np.linalg.inv(a)
     protected = _protected(theta**2 / np.diag(v)[:, None], keep, choosable, min_keep)
-    new_keep = keep | choosable
+    out_theta, out_keep = np.zeros_like(theta), np.zeros(theta.shape, bool)
     working = min(memory_budget_mb, OBC_WORKING_SET_MB)  # the inverses of a batch of columns
     chunk = max(1, int(working * _MB / (2 * _BYTES * rows * rows)))
-    forced = ~keep & ~choosable
-    counts = (~keep & choosable).sum(0)
+    allowed = choosable & ~protected
+    todo_all = ~keep & ~choosable  # decided pruned: these go first
+    left_all = (~keep & choosable).sum(0)
     for start in range(0, columns, chunk):
         cols = np.arange(start, min(start + chunk, columns))
-        inv = np.repeat(v[None], len(cols), 0)  # [c, R, R]
-        w = theta[:, cols].T.copy()  # [c, R]
-        free = np.ones(w.shape, bool)
-        todo = forced[:, cols].T.copy()
-        left = counts[cols].copy()
-        steps = int(todo.sum(1).max(initial=0) + left.max(initial=0))
-        for _ in range(steps):
-            d = np.einsum("cqq->cq", inv)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                score = np.where(free, w**2 / d, np.inf)
-            open_ = free & choosable[:, cols].T & ~protected[:, cols].T
-            pick = np.where(
-                todo.any(1),
-                np.argmax(todo, 1),
-                np.argmin(np.where(open_, score, np.inf), 1),
-            )
-            active = todo.any(1) | (left > 0)
-            rows_c = np.nonzero(active)[0]
-            q = pick[rows_c]
-            col_q = inv[rows_c, :, q]  # [k, R]
-            d_q = d[rows_c, q]
-            w[rows_c] -= (w[rows_c, q] / d_q)[:, None] * col_q
-            inv[rows_c] -= col_q[:, :, None] * col_q[:, None, :] / d_q[:, None, None]
-            w[rows_c, q] = 0.0
-            free[rows_c, q] = False
-            was_forced = todo[rows_c, q]
-            todo[rows_c, q] = False
-            left[rows_c[~was_forced]] -= 1
-            inv[rows_c, q, :] = 0.0
-            inv[rows_c, :, q] = 0.0
-            inv[rows_c, q, q] = 1.0  # a pruned row stays out of every later choice
-        theta[:, cols] = np.where(free.T, w.T, 0.0)
-        new_keep[:, cols] = free.T
-    return Pruned(theta, new_keep)
+        state = _ObcColumns(
+            cols,
+            np.repeat(v[None], len(cols), 0),
+            theta[:, cols].T.copy(),
+            allowed[:, cols].T.copy(),
+            todo_all[:, cols].T.copy(),
+            left_all[cols].copy(),
+        )
+        while state.step():
+            pass
+        state.write(out_theta, out_keep)
+    return Pruned(out_theta, out_keep)
+
+
+class _ObcColumns:
+    """A batch of columns of :func:`obc_prune`, one greedy OBS removal per :meth:`step`.
+
+    Each column holds the inverse ``H_F^-1`` of its free set. Pruned entries
+    leave the arrays (a pruned row and column of ``H^-1`` are zero apart from
+    a 1 on the diagonal, so dropping them is exact) once the largest free set
+    has shrunk by a quarter, and finished columns leave with them: the
+    removals then cost ``O(|F|^2)`` of the free set, not of the layer.
+    """
+
+    def __init__(
+        self,
+        cols: np.ndarray,
+        inv: np.ndarray,
+        w: np.ndarray,
+        allowed: np.ndarray,
+        todo: np.ndarray,
+        left: np.ndarray,
+    ) -> None:
+        self.cols, self.inv, self.w = cols, inv, w  # [c], [c, m, m], [c, m]
+        self.allowed, self.todo, self.left = allowed, todo, left  # [c, m], [c, m], [c]
+        self.free = np.ones(w.shape, bool)
+        self.rows = np.broadcast_to(np.arange(w.shape[1]), w.shape).copy()  # layer rows
+        self.finished: list[tuple[np.ndarray, ...]] = []  # (cols, rows, w, free) set aside
+
+    def step(self) -> bool:
+        """One removal in every unfinished column; False when all are finished."""
+        active = self.todo.any(1) | (self.left > 0)
+        if not active.any():
+            return False
+        if (~active).sum() * 4 >= len(active) or self.free.sum(1).max() * 4 <= 3 * (
+            self.free.shape[1] - 8
+        ):
+            self._compact(active)
+            active = np.ones(len(self.cols), bool)
+        inv, w, free, todo = self.inv, self.w, self.free, self.todo
+        d = np.einsum("cqq->cq", inv)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            score = np.where(free & self.allowed, w**2 / d, np.inf)
+        pick = np.where(todo.any(1), np.argmax(todo, 1), np.argmin(score, 1))
+        c = np.nonzero(active)[0]
+        q = pick[c]
+        col_q = inv[c, :, q]  # [k, m]
+        d_q = d[c, q]
+        w[c] -= (w[c, q] / d_q)[:, None] * col_q
+        update = col_q[:, :, None] * (col_q / d_q[:, None])[:, None, :]
+        if len(c) == len(active):
+            inv -= update  # in place: no copy of the batch's inverses
+        else:
+            inv[c] -= update
+        w[c, q] = 0.0
+        free[c, q] = False
+        was_forced = todo[c, q]
+        todo[c, q] = False
+        self.left[c[~was_forced]] -= 1
+        inv[c, q, :] = 0.0
+        inv[c, :, q] = 0.0
+        inv[c, q, q] = 1.0  # a pruned row stays out of every later choice
+        return True
+
+    def _compact(self, active: np.ndarray) -> None:
+        """Set the finished columns aside; keep only the free entries of the others."""
+        self.finished.append(
+            (self.cols[~active], self.rows[~active], self.w[~active], self.free[~active])
+        )
+        self.cols, self.left, self.inv = self.cols[active], self.left[active], self.inv[active]
+        size = int(self.free[active].sum(1).max(initial=0))
+        order = np.argsort(~self.free[active], axis=1, kind="stable")[:, :size]  # free first
+        self.inv = np.take_along_axis(
+            np.take_along_axis(self.inv, order[:, :, None], 1), order[:, None, :], 2
+        )
+        self.w, self.allowed, self.todo, self.free, self.rows = (
+            np.take_along_axis(a[active], order, 1)
+            for a in (self.w, self.allowed, self.todo, self.free, self.rows)
+        )
+
+    def write(self, theta: np.ndarray, keep: np.ndarray) -> None:
+        """Each column's survivors (their updated values) into ``theta`` and ``keep``."""
+        for cols, rows, w, free in [*self.finished, (self.cols, self.rows, self.w, self.free)]:
+            for j, r, values, kept in zip(cols, rows, w, free, strict=True):
+                theta[r[kept], j] = values[kept]
+                keep[r[kept], j] = True
