@@ -315,12 +315,18 @@ def obc_prune(
 class _ObcColumns:
     """A batch of columns of :func:`obc_prune`, one greedy OBS removal per :meth:`step`.
 
-    Each column holds the inverse ``H_F^-1`` of its free set. Pruned entries
-    leave the arrays (a pruned row and column of ``H^-1`` are zero apart from
-    a 1 on the diagonal, so dropping them is exact) once the largest free set
-    has shrunk by a quarter, and finished columns leave with them: the
-    removals then cost ``O(|F|^2)`` of the free set, not of the layer.
+    Each column holds the inverse ``H_F^-1`` of its free set lazily, as
+    ``V - U U^T``: a removal adds ``u = H^-1 e_q / sqrt([H^-1]_qq)`` to ``U``
+    and ``u^2`` to the diagonal's downdate (``O(R k)``, not the ``O(R^2)`` of
+    an explicit downdate), and every ``LAZY`` removals ``U U^T`` is folded
+    into ``V`` as one batched matrix product (SparseGPT's lazy batched update,
+    here within a column's greedy sequence). At each fold the pruned entries
+    leave the arrays (their row and column of ``H^-1`` are zero), and so do
+    the finished columns, once the largest free set has shrunk by a quarter or
+    a quarter of the columns are done.
     """
+
+    LAZY = 32
 
     def __init__(
         self,
@@ -336,57 +342,67 @@ class _ObcColumns:
         self.free = np.ones(w.shape, bool)
         self.rows = np.broadcast_to(np.arange(w.shape[1]), w.shape).copy()  # layer rows
         self.finished: list[tuple[np.ndarray, ...]] = []  # (cols, rows, w, free) set aside
+        self.lazy = np.zeros((*w.shape, self.LAZY))  # U, [c, m, LAZY]
+        self.k = 0  # columns of U in use
+        self.d = np.einsum("cqq->cq", inv).copy()  # diag(V - U U^T)
 
     def step(self) -> bool:
         """One removal in every unfinished column; False when all are finished."""
         active = self.todo.any(1) | (self.left > 0)
         if not active.any():
             return False
-        if (~active).sum() * 4 >= len(active) or self.free.sum(1).max() * 4 <= 3 * (
-            self.free.shape[1] - 8
-        ):
-            self._compact(active)
-            active = np.ones(len(self.cols), bool)
-        inv, w, free, todo = self.inv, self.w, self.free, self.todo
-        d = np.einsum("cqq->cq", inv)
+        if self.k == self.LAZY:
+            self._fold(active)
+            active = self.todo.any(1) | (self.left > 0)
+        w, free, todo, d, lazy = self.w, self.free, self.todo, self.d, self.lazy
         with np.errstate(divide="ignore", invalid="ignore"):
             score = np.where(free & self.allowed, w**2 / d, np.inf)
         pick = np.where(todo.any(1), np.argmax(todo, 1), np.argmin(score, 1))
-        c = np.nonzero(active)[0]
-        q = pick[c]
-        col_q = inv[c, :, q]  # [k, m]
-        d_q = d[c, q]
-        w[c] -= (w[c, q] / d_q)[:, None] * col_q
-        update = col_q[:, :, None] * (col_q / d_q[:, None])[:, None, :]
-        if len(c) == len(active):
-            inv -= update  # in place: no copy of the batch's inverses
-        else:
-            inv[c] -= update
-        w[c, q] = 0.0
-        free[c, q] = False
-        was_forced = todo[c, q]
-        todo[c, q] = False
-        self.left[c[~was_forced]] -= 1
-        inv[c, q, :] = 0.0
-        inv[c, :, q] = 0.0
-        inv[c, q, q] = 1.0  # a pruned row stays out of every later choice
+        c = np.arange(len(pick))
+        h = self.inv[c, :, pick] - np.einsum(
+            "cmk,ck->cm", lazy[:, :, : self.k], lazy[c, pick, : self.k]
+        )  # H^-1 e_q of the current free set
+        h_qq = np.where(active, d[c, pick], 1.0)
+        h = np.where(active[:, None], h, 0.0)  # a finished column does not move
+        w -= (w[c, pick] / h_qq)[:, None] * h
+        u = h / np.sqrt(h_qq)[:, None]
+        lazy[:, :, self.k] = u
+        self.k += 1
+        d -= u**2
+        ran = c[active]
+        q = pick[active]
+        w[ran, q] = 0.0
+        free[ran, q] = False
+        was_forced = todo[ran, q]
+        todo[ran, q] = False
+        self.left[ran[~was_forced]] -= 1
+        d[ran, q] = 1.0  # a pruned entry stays out of every later choice
         return True
 
-    def _compact(self, active: np.ndarray) -> None:
-        """Set the finished columns aside; keep only the free entries of the others."""
+    def _fold(self, active: np.ndarray) -> None:
+        """``V -= U U^T``; drop the pruned entries and finished columns when it pays."""
+        self.inv -= np.matmul(self.lazy, np.swapaxes(self.lazy, 1, 2))
+        self.k = 0
+        self.lazy[:] = 0.0
+        self.inv *= self.free[:, :, None]  # a pruned entry's row and column: exactly 0
+        self.inv *= self.free[:, None, :]
+        self.d = np.where(self.free, np.einsum("cqq->cq", self.inv), 1.0)
+        size = int(self.free[active].sum(1).max(initial=0))
+        if (~active).sum() * 4 < len(active) and size * 4 > 3 * (self.free.shape[1] - 8):
+            return
         self.finished.append(
             (self.cols[~active], self.rows[~active], self.w[~active], self.free[~active])
         )
         self.cols, self.left, self.inv = self.cols[active], self.left[active], self.inv[active]
-        size = int(self.free[active].sum(1).max(initial=0))
         order = np.argsort(~self.free[active], axis=1, kind="stable")[:, :size]  # free first
         self.inv = np.take_along_axis(
             np.take_along_axis(self.inv, order[:, :, None], 1), order[:, None, :], 2
         )
-        self.w, self.allowed, self.todo, self.free, self.rows = (
+        self.w, self.allowed, self.todo, self.free, self.rows, self.d = (
             np.take_along_axis(a[active], order, 1)
-            for a in (self.w, self.allowed, self.todo, self.free, self.rows)
+            for a in (self.w, self.allowed, self.todo, self.free, self.rows, self.d)
         )
+        self.lazy = np.zeros((*self.w.shape, self.LAZY))
 
     def write(self, theta: np.ndarray, keep: np.ndarray) -> None:
         """Each column's survivors (their updated values) into ``theta`` and ``keep``."""
